@@ -1,0 +1,29 @@
+"""Shared test fixtures. Golden data from the original implementation lives beside the checkout."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / 'shared' / 'golden'
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+@pytest.fixture(scope='session')
+def golden():
+    """Path of ../shared/golden; the suite fails (not skips) when it is missing."""
+    assert GOLDEN.is_dir(), f'golden data not found at {GOLDEN}'
+    return GOLDEN
+
+@pytest.fixture(scope='session')
+def repo():
+    return REPO
+
+@pytest.fixture(autouse=True)
+def _single_thread_env(monkeypatch):
+    """Keep subprocesses (CLI runs, torchrun) to one thread each, as the golden data was made."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    monkeypatch.setenv('MKL_NUM_THREADS', '1')
