@@ -300,3 +300,23 @@ class atomic_write:
         elif os.path.exists(self.temp_path):
             os.remove(self.temp_path)
         return False
+
+#----------------------------------------------------------------------------
+# Command-line lists ("1,2,5-10" -> [1, 2, 5, 6, 7, 8, 9, 10]), cli.md "int-list parser".
+
+def parse_int_list(s):
+    """Split on ',' and expand inclusive ranges 'a-b'; a list is returned unchanged.
+    Raises ValueError naming the offending piece."""
+    if isinstance(s, list):
+        return s
+    values = []
+    for piece in s.split(','):
+        match = re.fullmatch(r'(\d+)-(\d+)', piece)
+        if match:
+            values.extend(range(int(match.group(1)), int(match.group(2)) + 1))
+        else:
+            try:
+                values.append(int(piece))
+            except ValueError:
+                raise ValueError(f'"{piece}" is not an integer or a range like 5-10') from None
+    return values
