@@ -234,7 +234,10 @@ def _download(url, num_attempts, verbose):
                 print('.', end='', flush=True)
     if verbose:
         print(' failed')
-    reason = getattr(last_error, 'reason', None) or last_error
+    if isinstance(last_error, urllib.error.HTTPError):
+        reason = f'HTTP {last_error.code} {last_error.reason}'
+    else:
+        reason = getattr(last_error, 'reason', None) or last_error
     raise IOError(f'Cannot download {url}: {reason}')
 
 def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename=False, cache=True):

@@ -24,7 +24,7 @@ _cumulative = dict()        # name -> moments accumulated over all syncs (on the
 def init_multiprocessing(rank, sync_device):
     """Set this process's rank and the device used to sum statistics across ranks."""
     global _rank, _sync_device
-    assert not _sync_called
+    assert not _sync_called or (rank, sync_device) == (_rank, _sync_device), 'statistics were already synced'
     _rank = rank
     _sync_device = sync_device
 

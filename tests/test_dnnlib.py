@@ -1,0 +1,124 @@
+"""dnnlib.util: URLs and the download cache, atomic writes, formatting, name resolution."""
+
+import functools
+import hashlib
+import http.server
+import os
+import threading
+
+import pytest
+
+import dnnlib
+from dnnlib import util
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server serving tmp_path/www; yields (base_url, root, stop)."""
+    root = tmp_path / 'www'
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stopped = []
+    def stop():
+        if not stopped:
+            server.shutdown()
+            server.server_close()
+            stopped.append(True)
+    yield f'http://127.0.0.1:{server.server_address[1]}', root, stop
+    stop()
+
+def test_open_url_local_path_and_file_url(tmp_path):
+    path = tmp_path / 'a.bin'
+    path.write_bytes(b'abc')
+    with util.open_url(str(path)) as f:
+        assert f.read() == b'abc'
+    with util.open_url(path.as_uri()) as f:
+        assert f.read() == b'abc'
+    assert util.open_url(path.as_uri(), return_filename=True) == str(path)
+
+def test_open_url_downloads_once_into_cache(http_root, tmp_path, monkeypatch):
+    base, root, stop = http_root
+    (root / 'net.pkl').write_bytes(b'weights')
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    url = base + '/net.pkl'
+    with util.open_url(url, verbose=False) as f:
+        assert f.read() == b'weights'
+    md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    cached = os.listdir(tmp_path / 'cache' / 'downloads')
+    assert len(cached) == 1 and cached[0].startswith(md5 + '_') and '/' not in cached[0][33:]
+    stop() # Offline from now on: the cached copy must be used.
+    with util.open_url(url, verbose=False) as f:
+        assert f.read() == b'weights'
+    assert util.open_url(url, return_filename=True).endswith(cached[0])
+
+def test_open_url_offline_fails_with_one_line(tmp_path):
+    url = 'http://127.0.0.1:9/missing/inception.pkl' # Nothing listens on the discard port.
+    with pytest.raises(IOError) as info:
+        util.open_url(url, cache_dir=str(tmp_path), num_attempts=2, verbose=False)
+    assert url in str(info.value) and '\n' not in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+def test_open_url_http_error_is_not_retried(http_root, tmp_path):
+    base, _root, _stop = http_root
+    with pytest.raises(IOError, match='404'):
+        util.open_url(base + '/absent.npz', cache_dir=str(tmp_path), verbose=False)
+
+def test_make_cache_dir_path_priority(monkeypatch, tmp_path):
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'env'))
+    assert util.make_cache_dir_path('downloads') == str(tmp_path / 'env' / 'downloads')
+    util.set_cache_dir(str(tmp_path / 'explicit'))
+    try:
+        assert util.make_cache_dir_path('x') == str(tmp_path / 'explicit' / 'x')
+    finally:
+        util.set_cache_dir(None)
+    monkeypatch.delenv('DNNLIB_CACHE_DIR')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert util.make_cache_dir_path() == str(tmp_path / 'home' / '.cache' / 'dnnlib')
+
+def test_atomic_write(tmp_path):
+    target = tmp_path / 'out.txt'
+    target.write_text('old')
+    with pytest.raises(RuntimeError):
+        with util.atomic_write(str(target)) as temp:
+            open(temp, 'w').write('partial')
+            raise RuntimeError('interrupted')
+    assert target.read_text() == 'old' and os.listdir(tmp_path) == ['out.txt']
+    with util.atomic_write(str(target)) as temp:
+        open(temp, 'w').write('new')
+    assert target.read_text() == 'new' and os.listdir(tmp_path) == ['out.txt']
+
+@pytest.mark.parametrize('seconds, text', [
+    (0.4, '0s'), (59, '59s'), (60, '1m 00s'), (3599, '59m 59s'), (3600, '1h 00m 00s'),
+    (86399, '23h 59m 59s'), (86400 + 3600 + 61, '1d 01h 01m'),
+])
+def test_format_time(seconds, text):
+    assert util.format_time(seconds) == text
+
+def test_easydict_and_names():
+    d = dnnlib.EasyDict(a=1)
+    d.b = 2
+    assert d == {'a': 1, 'b': 2} and d.a == 1
+    del d.a
+    with pytest.raises(AttributeError):
+        _ = d.a
+    assert util.get_obj_by_name('np.float32').__name__ == 'float32'
+    opt = util.construct_class_by_name(class_name='collections.OrderedDict', x=1)
+    assert type(opt).__name__ == 'OrderedDict' and opt['x'] == 1
+
+def test_parse_int_list():
+    assert util.parse_int_list('1,2,5-7') == [1, 2, 5, 6, 7]
+    assert util.parse_int_list([3]) == [3]
+    with pytest.raises(ValueError, match='"a-"'):
+        util.parse_int_list('1,a-')
+
+def test_logger_tees_into_file(tmp_path, capsys):
+    with util.Logger(str(tmp_path / 'log.txt'), file_mode='a') as logger:
+        print('hello')
+        logger.write(b'bytes\n')
+        logger.write('')
+    print('after')
+    assert (tmp_path / 'log.txt').read_text() == 'hello\nbytes\n'
+    assert capsys.readouterr().out == 'hello\nbytes\nafter\n'
