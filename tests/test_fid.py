@@ -347,6 +347,17 @@ def test_ref_rejects_too_few_images_without_output(tmp_path, zips, detector_pt, 
     assert_one_line_error(result, 'found 1 image', 'at least 2')
     assert not dest.exists() and not (tmp_path / 'out').exists()
 
+def test_ref_appends_npz_and_announces_replacement(tmp_path, zips, detector_pt, monkeypatch):
+    images = extract_images(zips['train64'], 2, tmp_path / 'two_images')
+    args = ['ref', f'--data={images}', f'--dest={tmp_path / "stats"}', f'--detector={detector_pt}']
+    first = invoke(args, tmp_path, monkeypatch)
+    assert first.exit_code == 0, first.output
+    assert sorted(os.listdir(tmp_path)) == ['stats.npz', 'two_images'] # numpy's rule; no temporary left.
+    second = invoke(args, tmp_path, monkeypatch)
+    assert second.exit_code == 0 and f'Replacing the existing file "{tmp_path / "stats.npz"}"' in second.stdout
+    stats = fid_stats.load_stats(str(tmp_path / 'stats.npz'), verbose=False)
+    assert np.all(np.isfinite(stats['sigma'])) and np.abs(stats['sigma']).max() > 0
+
 def test_ref_missing_data_path(tmp_path, detector_pt, monkeypatch):
     result = invoke(['ref', f'--data={tmp_path / "missing.zip"}', f'--dest={tmp_path / "r.npz"}', f'--detector={detector_pt}'],
         tmp_path, monkeypatch)
