@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from torch_utils import persistence
 from training import augment, loss, networks
-from training.snapshot import SnapshotError, load_snapshot
+from training.snapshot import SnapshotError, load_snapshot, load_training_state
 
 def tiny_net(seed=0):
     torch.manual_seed(seed)
@@ -29,8 +30,8 @@ def official_snapshot(net):
 
 class PlantingPickler(pickle.Pickler):
     """Pickles persistent objects with extra code appended to their embedded module source."""
-    def __init__(self, file, plant):
-        super().__init__(file)
+    def __init__(self, file, plant, protocol=None):
+        super().__init__(file, protocol=protocol)
         self.plant = plant
 
     def reducer_override(self, obj):
@@ -131,3 +132,29 @@ def test_unreadable_inputs_give_one_line(tmp_path):
         with pytest.raises(error) as info:
             load_snapshot(str(tmp_path / name), allow_code=False)
         assert text in str(info.value) and name in str(info.value) and '\n' not in str(info.value)
+
+def test_training_state_loads_without_executing_embedded_code(tmp_path):
+    net = tiny_net().train().requires_grad_(True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(2, 3, 8, 8), torch.ones(2), torch.eye(2)).square().sum().backward()
+    optimizer.step()
+    marker = tmp_path / 'side_effect.txt'
+    plant = f'\nopen({str(marker)!r}, "a").write("executed\\n")\n'
+    class Planter(PlantingPickler):
+        def __init__(self, file, protocol=None):
+            super().__init__(file, plant, protocol)
+    planting = types.SimpleNamespace(__name__='planting', Pickler=Planter)
+    path = tmp_path / 'training-state-000000.pt'
+    torch.save(dict(net=net, optimizer_state=optimizer.state_dict()), path, pickle_module=planting)
+    state = load_training_state(str(path), allow_code=False)
+    assert not marker.exists()
+    assert type(state['net']) is networks.EDMPrecond and state['net'].training
+    assert torch.equal(outputs(state['net'].eval()), outputs(net.eval()))
+    reloaded = torch.optim.Adam(state['net'].parameters(), lr=1e-3)
+    reloaded.load_state_dict(state['optimizer_state'])
+    assert reloaded.state_dict()['state'][0]['step'] == 1
+    load_training_state(str(path), allow_code=True)
+    assert marker.exists()
+    with pytest.raises(SnapshotError, match='not a readable training state'):
+        (tmp_path / 'bad.pt').write_bytes(b'garbage')
+        load_training_state(str(tmp_path / 'bad.pt'), allow_code=False)

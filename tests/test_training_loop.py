@@ -117,7 +117,7 @@ def test_snapshot_contents_and_safe_loading(tiny_run):
 
 def test_training_state_contents(tiny_run):
     [path] = tiny_run.states
-    state = tl.load_training_state(path)
+    state = snapshot.load_training_state(path)
     assert list(state) == ['net', 'optimizer_state']
     net = state['net']
     assert type(net).__name__ == 'EDMPrecond' and net.training and all(p.requires_grad for p in net.parameters())
@@ -184,7 +184,7 @@ def test_torchrun_two_processes(data8, tmp_path):
         f'network-snapshot-{kimg:06d}.pkl', f'training-state-{kimg:06d}.pt'])
     # Statistics are summed over both ranks (16 images each per step).
     assert [line['Loss/loss']['num'] for line in stats[:2]] == [32 * 3 * 8 * 8, 1024 * 3 * 8 * 8] # ticks at 32 and 1056 images
-    state = tl.load_training_state(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'))
+    state = snapshot.load_training_state(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'))
     assert _adam_step(state) == nimg[-1] // 32
     snapshot.load_snapshot(os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pkl'), verbose=False)
 
@@ -225,7 +225,7 @@ def test_sigterm_then_resume(data8, tmp_path):
     state_path = os.path.join(run_dir, f'training-state-{kimg:06d}.pt')
     assert sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt'))) == [state_path]
     assert os.path.isfile(os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pkl'))
-    steps_before = _adam_step(tl.load_training_state(state_path))
+    steps_before = _adam_step(snapshot.load_training_state(state_path))
     assert steps_before == nimg[-1] // 32
 
     # Resume from the file, then from the run directory: training continues at `kimg`.
@@ -238,7 +238,7 @@ def test_sigterm_then_resume(data8, tmp_path):
         assert f'Loading training state from "{state_path}"...' in res.stdout
         stats = _read_stats(new_run_dir)
         assert [round(line['Progress/kimg']['mean'] * 1000) for line in stats] == [kimg * 1000 + 32, kimg * 1000 + 1024]
-        final = tl.load_training_state(os.path.join(new_run_dir, f'training-state-{kimg + 1:06d}.pt'))
+        final = snapshot.load_training_state(os.path.join(new_run_dir, f'training-state-{kimg + 1:06d}.pt'))
         assert _adam_step(final) == steps_before + 1024 // 32 # optimizer state restored
 
 #----------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def _check_every_file_loads(run_dir):
         elif name.endswith('.pkl'):
             snapshot.load_snapshot(path, verbose=False)
         elif name.endswith('.pt'):
-            tl.load_training_state(path)
+            snapshot.load_training_state(path)
         elif name == 'stats.jsonl':
             _read_stats(run_dir)
         elif name == 'training_options.json':
@@ -319,7 +319,7 @@ def test_resume_restores_optimizer_and_ema(loop_kwargs, tmp_path):
     first.mkdir()
     tl.training_loop(run_dir=str(first), total_kimg=0.048, kimg_per_tick=0.016, snapshot_ticks=1, state_dump_ticks=1,
         lr_rampup_kimg=0.016, ema_halflife_kimg=0.02, ema_rampup_ratio=None, **loop_kwargs) # EMA lags the weights
-    state = tl.load_training_state(str(first / 'training-state-000000.pt'))
+    state = snapshot.load_training_state(str(first / 'training-state-000000.pt'))
     ema0 = _params(snapshot.load_snapshot(str(first / 'network-snapshot-000000.pkl'), verbose=False)['ema'])
     net0 = _params(state['net'])
     assert _adam_step(state) == 6
@@ -331,7 +331,7 @@ def test_resume_restores_optimizer_and_ema(loop_kwargs, tmp_path):
     optimizer_kwargs = dict(loop_kwargs['optimizer_kwargs'], lr=1e-30)
     tl.training_loop(run_dir=str(second), total_kimg=1.016, resume_pkl=str(first / 'network-snapshot-000000.pkl'),
         resume_state_dump=str(first / 'training-state-000000.pt'), resume_kimg=1, **dict(loop_kwargs, optimizer_kwargs=optimizer_kwargs))
-    state2 = tl.load_training_state(str(second / 'training-state-000001.pt'))
+    state2 = snapshot.load_training_state(str(second / 'training-state-000001.pt'))
     ema2 = _params(snapshot.load_snapshot(str(second / 'network-snapshot-000001.pkl'), verbose=False)['ema'])
     assert _adam_step(state2) == 8 # optimizer state restored: 6 + 2 steps
     assert state2['optimizer_state']['param_groups'][0]['lr'] == pytest.approx(1e-30 * 1008 / 10e6)
@@ -363,7 +363,7 @@ def test_signal_stops_after_current_step(loop_kwargs, tmp_path):
     tl.training_loop(run_dir=str(tmp_path), total_kimg=1, kimg_per_tick=1, snapshot_ticks=100, state_dump_ticks=100,
         **dict(loop_kwargs, loss_kwargs=loss_kwargs))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL # handler restored
-    state = tl.load_training_state(str(tmp_path / 'training-state-000000.pt'))
+    state = snapshot.load_training_state(str(tmp_path / 'training-state-000000.pt'))
     assert _adam_step(state) == 3 # stopped right after the step in which the signal came
     stats = _read_stats(str(tmp_path))
     assert [line['Progress/kimg']['mean'] for line in stats] == pytest.approx([0.008, 0.024])
@@ -378,7 +378,7 @@ def test_nonfinite_losses_are_counted(loop_kwargs, tmp_path, capsys):
     assert not np.isfinite(stats[0]['Loss/loss']['mean'])
     ticks = [TICK_LINE.fullmatch(line) for line in capsys.readouterr().out.splitlines() if line.startswith('tick ')]
     assert [t.group(10) for t in ticks] == ['6', '12', '6']
-    state = tl.load_training_state(str(tmp_path / 'training-state-000000.pt'))
+    state = snapshot.load_training_state(str(tmp_path / 'training-state-000000.pt'))
     assert all(torch.isfinite(p).all() for p in state['net'].parameters())
 
 #----------------------------------------------------------------------------

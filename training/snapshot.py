@@ -1,15 +1,18 @@
-"""Safe loading of network snapshots (`network-snapshot-*.pkl` and the official EDM pickles).
+"""Safe loading of network snapshots (`network-snapshot-*.pkl`, the official EDM pickles) and
+training states (`training-state-*.pt`).
 
 A snapshot pickled with the persistence format embeds the source code of its classes, and plain
-`pickle.load` executes that code. This loader does not: it resolves each persistent object's
-`class_name` to this project's class of the same name, restores the recorded state into it,
-rebuilds tensors with weights-only semantics, and refuses every other global. Files you trust can
+`pickle.load` executes that code. These loaders do not: they resolve each persistent object's
+`class_name` to this project's class of the same name, restore the recorded state into it,
+rebuild tensors with weights-only semantics, and refuse every other global. Files you trust can
 still be loaded the original way by setting EDM_ALLOW_PICKLE_CODE=1.
 """
 
+import _compat_pickle
 import io
 import os
 import pickle
+import types
 import zipfile
 
 import numpy as np
@@ -69,6 +72,9 @@ class _SafeUnpickler(pickle.Unpickler):
         self.classes = classes
 
     def find_class(self, module, name):
+        # torch.save writes pickle protocol 2, which uses Python 2 names ('__builtin__', ...).
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
             return self.reconstruct
         if (module, name) in _SAFE_GLOBALS:
@@ -96,6 +102,14 @@ def _opt_in_hint():
 
 #----------------------------------------------------------------------------
 
+def _code_allowed(allow_code):
+    if allow_code is None:
+        return os.environ.get(ALLOW_CODE_ENV, '0').lower() not in ('', '0', 'false', 'no')
+    return allow_code
+
+def _first_line(err):
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
 def load_snapshot(path_or_url, verbose=True, allow_code=None):
     """Load a network pickle -> dict with 'ema' (and 'loss_fn', 'augment_pipe', 'dataset_kwargs'
     when present), like pickle.load would, without executing embedded code.
@@ -103,8 +117,6 @@ def load_snapshot(path_or_url, verbose=True, allow_code=None):
     `allow_code=None` follows the environment variable EDM_ALLOW_PICKLE_CODE.
     Raises SnapshotError or IOError with a one-line message naming the file.
     """
-    if allow_code is None:
-        allow_code = os.environ.get(ALLOW_CODE_ENV, '0').lower() not in ('', '0', 'false', 'no')
     try:
         with dnnlib.util.open_url(path_or_url, verbose=verbose) as f:
             data = f.read()
@@ -115,15 +127,37 @@ def load_snapshot(path_or_url, verbose=True, allow_code=None):
     if zipfile.is_zipfile(io.BytesIO(data)):
         raise SnapshotError(f'{path_or_url}: this is a torch.save archive (a training state?), expected a network pickle such as network-snapshot-*.pkl')
     try:
-        if allow_code:
+        if _code_allowed(allow_code):
             snapshot = pickle.loads(data)
         else:
             snapshot = _SafeUnpickler(io.BytesIO(data), path_or_url, _persistent_classes()).load()
     except SnapshotError:
         raise
     except Exception as err: # Truncated or corrupt files fail in many ways inside pickle.
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SnapshotError(f'{path_or_url}: not a readable network pickle ({reason})') from None
+        raise SnapshotError(f'{path_or_url}: not a readable network pickle ({_first_line(err)})') from None
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get('ema'), torch.nn.Module):
         raise SnapshotError(f'{path_or_url}: expected a network snapshot (a dict with a network under "ema")')
     return snapshot
+
+def load_training_state(path, allow_code=None):
+    """Load a training state (torch.save of {net, optimizer_state}, formats.md 3) onto the CPU,
+    without executing embedded code: torch.load runs with the safe unpickler above.
+    Raises SnapshotError or IOError with a one-line message naming the file."""
+    if not os.path.isfile(path):
+        raise IOError(f'{path}: no such file')
+    if _code_allowed(allow_code):
+        return torch.load(path, map_location='cpu', weights_only=False)
+    classes = _persistent_classes()
+    class Unpickler(_SafeUnpickler):
+        def __init__(self, file, **_kwargs):
+            super().__init__(file, path, classes)
+    safe_pickle = types.SimpleNamespace(__name__='safe_pickle', Unpickler=Unpickler)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=False, pickle_module=safe_pickle)
+    except SnapshotError:
+        raise
+    except Exception as err:
+        raise SnapshotError(f'{path}: not a readable training state ({_first_line(err)})') from None
+    if not isinstance(state, dict) or not isinstance(state.get('net'), torch.nn.Module) or 'optimizer_state' not in state:
+        raise SnapshotError(f'{path}: expected a training state (a dict with "net" and "optimizer_state")')
+    return state

@@ -12,7 +12,6 @@ EMA), its tick/snapshot/state-dump schedule and its files. Beyond the original:
   * snapshots and training states are read back without executing code embedded in them.
 """
 
-import _compat_pickle
 import copy
 import json
 import os
@@ -77,22 +76,6 @@ def save_snapshot(path, data):
 def save_training_state(path, net, optimizer):
     """Training state (formats.md 3): torch.save of {net, optimizer_state}."""
     _write_atomically(path, lambda f: torch.save(dict(net=net, optimizer_state=optimizer.state_dict()), f))
-
-def load_training_state(path):
-    """Read a training state (ours or the original's) without executing code embedded in it:
-    torch.load runs with the unpickler of the safe snapshot loader (training/snapshot.py), which
-    rebuilds the persistent network from this project's classes and refuses other globals.
-    With EDM_ALLOW_PICKLE_CODE=1 it is read the original way (plain unpickling)."""
-    if os.environ.get(snapshot.ALLOW_CODE_ENV, '0').lower() not in ('', '0', 'false', 'no'):
-        return torch.load(path, map_location=torch.device('cpu'), weights_only=False)
-    class SafeUnpickler(snapshot._SafeUnpickler): # pylint: disable=protected-access
-        def __init__(self, file, **_kwargs):
-            super().__init__(file, path, snapshot._persistent_classes()) # pylint: disable=protected-access
-        def find_class(self, module, name): # torch.save writes protocol 2: Python 2 names ('__builtin__')
-            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-            return super().find_class(_compat_pickle.IMPORT_MAPPING.get(module, module), name)
-    safe_pickle = type('safe_pickle', (), dict(Unpickler=SafeUnpickler, __name__='safe_pickle'))
-    return torch.load(path, map_location=torch.device('cpu'), weights_only=False, pickle_module=safe_pickle)
 
 def open_stats_jsonl(path):
     """Open stats.jsonl for appending whole lines. A partial last line (left by a kill in the
@@ -244,7 +227,7 @@ def training_loop(
         del data
     if resume_state_dump:
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
-        data = load_training_state(resume_state_dump)
+        data = snapshot.load_training_state(resume_state_dump)
         misc.copy_params_and_buffers(src_module=data['net'], dst_module=net, require_all=True)
         optimizer.load_state_dict(data['optimizer_state'])
         del data
