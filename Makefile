@@ -9,7 +9,7 @@ FMNIST  ?= /usr/share/datasets/fashion-mnist
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data test
+.PHONY: venv data test docs
 
 venv: $(VENV)/.installed
 
@@ -28,3 +28,7 @@ $(FMNIST):
 
 test: venv data
 	$(PY) -m pytest -q tests
+
+# Regenerate docs/*-help.txt from the command-line tools (tests/test_docs.py checks them).
+docs: venv
+	$(PY) docs/update_help.py
