@@ -1,0 +1,221 @@
+"""End-to-end quickstart on Fashion-MNIST: prepare the data, compute FID reference statistics,
+train a small DDPM++/EDM network for a fixed time, generate images, score them, and write a sample
+grid, a loss plot and a summary into one folder.
+
+Every stage is a call of the project's own command-line tools and is skipped when its output
+exists, so an interrupted run picks up where it stopped (training resumes from its last state).
+
+    python quickstart.py --outdir=quickstart-out --minutes=15 --samples=1000
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import click
+import numpy as np
+import PIL.Image
+
+import dnnlib
+from training import inception
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+# The network and training settings: DDPM++ with EDM preconditioning, scaled down for a CPU.
+TRAIN_OPTIONS = ['--cond=0', '--arch=ddpmpp', '--precond=edm', '--cbase=16', '--cres=1,2,2', '--batch=64',
+                 '--lr=1e-3', '--lr-rampup=0.01', '--ema=0.05', '--dropout=0', '--augment=0', '--duration=1000',
+                 '--tick=2', '--snap=5', '--dump=5', '--seed=0', '--workers=1', '--nosubdir']
+
+#----------------------------------------------------------------------------
+
+def run_tool(args):
+    """Run one of the project's CLIs from the repository root; stop the quickstart if it fails."""
+    print('    $ python ' + ' '.join(args), flush=True)
+    result = subprocess.run([sys.executable] + args, cwd=REPO)
+    if result.returncode != 0:
+        raise click.ClickException(f'{args[0]} failed (exit code {result.returncode}); see its message above')
+
+class Stages:
+    """Announces each stage, skips it when its output exists, and records its wall time."""
+
+    def __init__(self, outdir):
+        self.timings_path = os.path.join(outdir, 'timings.json')
+        self.timings = json.load(open(self.timings_path)) if os.path.exists(self.timings_path) else {}
+
+    def run(self, name, output, fn):
+        if os.path.exists(output):
+            print(f'==> {name}: done already ({os.path.relpath(output)})')
+            return
+        print(f'==> {name} ...', flush=True)
+        start = time.time()
+        fn()
+        self.timings[name] = self.timings.get(name, 0) + time.time() - start
+        write_text(self.timings_path, json.dumps(self.timings, indent=2))
+
+def write_text(path, text):
+    with dnnlib.util.atomic_write(path) as temp_path:
+        with open(temp_path, 'w') as f:
+            f.write(text)
+
+def int_ranges(values):
+    """[0,1,2,5,6] -> '0-2,5-6', the --seeds syntax."""
+    pieces = []
+    for value in sorted(values):
+        if pieces and value == pieces[-1][1] + 1:
+            pieces[-1][1] = value
+        else:
+            pieces.append([value, value])
+    return ','.join(f'{a}-{b}' for a, b in pieces)
+
+#----------------------------------------------------------------------------
+# Training for a time budget: train.py is stopped with SIGTERM (its pre-emption path writes a
+# snapshot and a training state at the current step); a rerun resumes from the run directory.
+
+def read_stats(run_dir):
+    path = os.path.join(run_dir, 'stats.jsonl')
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.endswith('\n')]
+
+def trained_seconds(stats):
+    return sum(s['Timing/sec_per_tick']['mean'] + s['Timing/maintenance_sec']['mean'] for s in stats)
+
+def stop_training_after(proc, run_dir, deadline):
+    """SIGTERM train.py at the deadline, but not before it has finished a tick of its own (its stop
+    handler is then in place and a state can be saved); wait for it to exit."""
+    ticks_before = len(read_stats(run_dir))
+    while proc.poll() is None:
+        if time.time() >= deadline and len(read_stats(run_dir)) > ticks_before:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+        time.sleep(1)
+
+def train_for(run_dir, dataset_zip, minutes):
+    remaining = minutes * 60 - trained_seconds(read_stats(run_dir))
+    has_state = os.path.isdir(run_dir) and any(name.startswith('training-state-') for name in os.listdir(run_dir))
+    if has_state:
+        cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}', f'--resume={run_dir}'] + TRAIN_OPTIONS
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True) # A start killed before its first state: begin again.
+        cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}'] + TRAIN_OPTIONS
+    if remaining > 0:
+        print(f'    training for {remaining / 60:.1f} more minutes')
+        print('    $ python ' + ' '.join(cmd), flush=True)
+        proc = subprocess.Popen([sys.executable] + cmd, cwd=REPO)
+        try:
+            stop_training_after(proc, run_dir, deadline=time.time() + remaining)
+        except KeyboardInterrupt: # Ctrl+C reaches train.py too; let it save its state.
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise click.ClickException(f'train.py failed (exit code {proc.returncode}); see {run_dir}/log.txt')
+    stats = read_stats(run_dir)
+    kimg = stats[-1]['Progress/kimg']['mean']
+    snapshots = sorted(name for name in os.listdir(run_dir) if re.fullmatch(r'network-snapshot-\d+\.pkl', name))
+    result = dict(kimg=kimg, seconds=trained_seconds(stats), sec_per_kimg=trained_seconds(stats) / kimg,
+                  snapshot=os.path.join(run_dir, snapshots[-1]))
+    write_text(os.path.join(run_dir, 'quickstart-done.json'), json.dumps(result, indent=2))
+
+#----------------------------------------------------------------------------
+# Pictures.
+
+def save_grid(sample_dir, path, rows=8, upscale=2):
+    images = [np.array(PIL.Image.open(os.path.join(sample_dir, f'{seed:06d}.png'))) for seed in range(rows * rows)]
+    h, w = images[0].shape[:2]
+    grid = np.stack(images).reshape(rows, rows, h, w, *images[0].shape[2:]).swapaxes(1, 2).reshape(rows * h, rows * w, *images[0].shape[2:])
+    grid = PIL.Image.fromarray(grid).resize((rows * w * upscale, rows * h * upscale), PIL.Image.NEAREST)
+    with dnnlib.util.atomic_write(path) as temp_path:
+        grid.save(temp_path, format='PNG')
+
+def save_loss_plot(run_dir, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    stats = [s for s in read_stats(run_dir) if 'Loss/loss' in s]
+    kimg = [s['Progress/kimg']['mean'] for s in stats]
+    loss = [s['Loss/loss']['mean'] for s in stats]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(kimg, loss, marker='.')
+    ax.set_yscale('log')
+    ax.set_xlabel('training images (kimg)')
+    ax.set_ylabel('EDM loss per pixel (mean over tick)')
+    ax.set_title('Fashion-MNIST 32x32, DDPM++ / EDM')
+    ax.grid(True, which='both', alpha=0.3)
+    fig.tight_layout()
+    with dnnlib.util.atomic_write(path) as temp_path:
+        fig.savefig(temp_path, format='png')
+    plt.close(fig)
+
+#----------------------------------------------------------------------------
+
+@click.command()
+@click.option('--outdir', help='Folder for everything the quickstart makes', metavar='DIR', default='quickstart-out', show_default=True)
+@click.option('--data', 'data_dir', help='Folder with the Fashion-MNIST idx .gz files', metavar='DIR', default='/usr/share/datasets/fashion-mnist', show_default=True)
+@click.option('--minutes', help='Training time budget', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=15, show_default=True)
+@click.option('--samples', help='Images to generate and score', metavar='INT', type=click.IntRange(min=64), default=1000, show_default=True)
+@click.option('--ref-images', help='Training images for the FID reference statistics', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
+def main(outdir, data_dir, minutes, samples, ref_images):
+    """Fashion-MNIST end to end: dataset_tool.py, fid.py ref, train.py, generate.py, fid.py calc."""
+    source = os.path.join(data_dir, 'train-images-idx3-ubyte.gz')
+    if not os.path.isfile(source):
+        raise click.ClickException(f'--data: {source} not found; install it with "apt-get install -y dataset-fashion-mnist" or give the folder holding it')
+    outdir = os.path.abspath(outdir)
+    os.makedirs(outdir, exist_ok=True)
+    dataset_zip = os.path.join(outdir, 'fashion-mnist-32x32.zip')
+    ref_zip = os.path.join(outdir, f'fashion-mnist-first{ref_images}-32x32.zip')
+    ref_npz = os.path.join(outdir, 'fid-ref.npz')
+    run_dir = os.path.join(outdir, 'train')
+    sample_dir = os.path.join(outdir, 'samples')
+    fid_json = os.path.join(outdir, 'fid.json')
+    detector = inception.installed_torchscript_detector() or inception.DETECTOR_URL
+    stages = Stages(outdir)
+
+    stages.run('Convert the training set to 32x32 PNGs', dataset_zip, lambda: run_tool(
+        ['dataset_tool.py', f'--source={source}', f'--dest={dataset_zip}']))
+    stages.run(f'Extract the first {ref_images} training images for FID', ref_zip, lambda: run_tool(
+        ['dataset_tool.py', f'--source={source}', f'--dest={ref_zip}', f'--max-images={ref_images}']))
+    stages.run('Compute FID reference statistics', ref_npz, lambda: run_tool(
+        ['fid.py', 'ref', f'--data={ref_zip}', f'--dest={ref_npz}', f'--detector={detector}']))
+    stages.run(f'Train for {minutes:g} minutes', os.path.join(run_dir, 'quickstart-done.json'), lambda: train_for(
+        run_dir, dataset_zip, minutes))
+    trained = json.load(open(os.path.join(run_dir, 'quickstart-done.json')))
+
+    def generate():
+        missing = [seed for seed in range(samples) if not os.path.exists(os.path.join(sample_dir, f'{seed:06d}.png'))]
+        run_tool(['generate.py', f'--network={trained["snapshot"]}', f'--outdir={sample_dir}', f'--seeds={int_ranges(missing)}', '--steps=18', '--batch=64'])
+        write_text(os.path.join(sample_dir, 'done.json'), json.dumps(dict(samples=samples, network=trained['snapshot'])))
+    stages.run(f'Generate {samples} images (18 steps)', os.path.join(sample_dir, 'done.json'), generate)
+
+    def score():
+        print('    $ python ' + ' '.join(['fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}']), flush=True)
+        result = subprocess.run([sys.executable, 'fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}'],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+        print(result.stdout, end='')
+        if result.returncode != 0:
+            raise click.ClickException(f'fid.py calc failed (exit code {result.returncode})')
+        write_text(fid_json, json.dumps(dict(fid=float(result.stdout.split()[-1]), num_images=samples, ref_images=ref_images)))
+    stages.run('Score the images (FID)', fid_json, score)
+    stages.run('Sample grid', os.path.join(outdir, 'grid.png'), lambda: save_grid(sample_dir, os.path.join(outdir, 'grid.png')))
+    stages.run('Loss plot', os.path.join(outdir, 'loss.png'), lambda: save_loss_plot(run_dir, os.path.join(outdir, 'loss.png')))
+
+    fid = json.load(open(fid_json))
+    lines = [
+        'Quickstart summary',
+        f'  trained     {trained["kimg"]:.1f} kimg in {dnnlib.util.format_time(trained["seconds"])} ({trained["sec_per_kimg"]:.1f} sec/kimg)',
+        f'  network     {trained["snapshot"]}',
+        f'  FID         {fid["fid"]:g} ({fid["num_images"]} generated images vs. {fid["ref_images"]} training images)',
+        f'  samples     {sample_dir}/',
+        f'  grid        {os.path.join(outdir, "grid.png")}',
+        f'  loss plot   {os.path.join(outdir, "loss.png")}',
+        '  stage times ' + ', '.join(f'{name.split(" ")[0].lower()} {dnnlib.util.format_time(sec)}' for name, sec in stages.timings.items()),
+    ]
+    write_text(os.path.join(outdir, 'summary.txt'), '\n'.join(lines) + '\n')
+    print('\n'.join([''] + lines))
+
+if __name__ == '__main__':
+    main()
