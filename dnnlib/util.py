@@ -121,14 +121,10 @@ def format_time(seconds):
     return f'{s // 86400}d {(s // 3600) % 24:02}h {(s // 60) % 60:02}m'
 
 def format_time_brief(seconds):
-    s = int(round(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 60 * 60:
-        return f'{s // 60}m {s % 60:02}s'
-    if s < 24 * 60 * 60:
-        return f'{s // 3600}h {(s // 60) % 60:02}m'
-    return f'{s // 86400}d {(s // 3600) % 24:02}h'
+    """Like format_time, but hours and days show only their two largest units."""
+    if int(round(seconds)) < 60 * 60:
+        return format_time(seconds)
+    return ' '.join(format_time(seconds).split(' ')[:2])
 
 #----------------------------------------------------------------------------
 # Objects by dotted name ("training.networks.EDMPrecond").

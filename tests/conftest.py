@@ -5,6 +5,7 @@ import pathlib
 import sys
 
 import pytest
+import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / 'shared' / 'golden'
@@ -27,3 +28,11 @@ def _single_thread_env(monkeypatch):
     """Keep subprocesses (CLI runs, torchrun) to one thread each, as the golden data was made."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     monkeypatch.setenv('MKL_NUM_THREADS', '1')
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread, as the golden data was made (and no oversubscription of the shared cores)."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)

@@ -1,7 +1,6 @@
 """AugmentPipe (spec training.md section 2) against the original's golden outputs (golden README
 sections 5 and 9) and against the transform definitions themselves."""
 
-import ast
 import copy
 import json
 import pickle
@@ -295,17 +294,3 @@ def test_pickle_and_deepcopy_round_trip():
         out_ref, labels_ref = run(pipe, images, seed=9)
         out, labels = run(clone, images, seed=9)
         assert torch.equal(out, out_ref) and torch.equal(labels, labels_ref)
-
-def test_module_source_fits_the_original_environment():
-    """The embedded source must parse as Python 3.8 and import only what the original has."""
-    src = open(augment.__file__).read()
-    tree = ast.parse(src, feature_version=(3, 8))
-    imports = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imports |= {(a.name, None) for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imports |= {(node.module, a.name) for a in node.names}
-    assert imports <= {('numpy', None), ('torch', None), ('torch_utils', 'persistence'), ('torch_utils', 'misc')}
-    misc_uses = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == 'misc'}
-    assert misc_uses == {'constant'}

@@ -23,13 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_SETS = ['i_default_b3', 'ii_default_b8', 'iii_class2', 'iv_churn', 'v_euler_vp',
                'vi_heun_iddpm_linear', 'vii_ve', 'viii_subdirs']
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One thread, as the golden data was made (and no oversubscription of the shared cores)."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 @pytest.fixture(autouse=True)
 def no_code_execution(monkeypatch):

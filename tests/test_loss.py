@@ -1,7 +1,6 @@
 """VPLoss, VELoss and EDMLoss (spec training.md section 1) against the original's golden outputs
 (golden README sections 4 and 9) and against their sigma distributions and weights."""
 
-import ast
 import copy
 import json
 import pickle
@@ -235,14 +234,3 @@ def test_attribute_names_match_constructor():
     assert {k: v for k, v in vars(EDMLoss()).items() if not k.startswith('_')} == dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)
     assert {k: v for k, v in vars(VPLoss()).items() if not k.startswith('_')} == dict(beta_d=19.9, beta_min=0.1, epsilon_t=1e-5)
     assert {k: v for k, v in vars(VELoss()).items() if not k.startswith('_')} == dict(sigma_min=0.02, sigma_max=100.0)
-
-def test_module_source_fits_the_original_environment():
-    """The embedded source must parse as Python 3.8 and import only torch and persistence."""
-    tree = ast.parse(open(loss_module.__file__).read(), feature_version=(3, 8))
-    imports = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imports |= {(a.name, None) for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imports |= {(node.module, a.name) for a in node.names}
-    assert imports == {('torch', None), ('torch_utils', 'persistence')}

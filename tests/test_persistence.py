@@ -117,6 +117,9 @@ def test_pickle_layout_matches_original_format():
         ('torch.storage', '_load_from_bytes'),
     }
 
+ORIGINAL_MISC = {'constant', 'nan_to_num', 'assert_shape', 'profiled_function', 'InfiniteSampler', 'params_and_buffers',
+                 'named_params_and_buffers', 'copy_params_and_buffers', 'ddp_sync', 'check_ddp_consistency',
+                 'print_module_summary', 'suppress_tracer_warnings', 'symbolic_assert'}
 ORIGINAL_ENVIRONMENT_IMPORTS = {'math', 'numpy', 'torch', 'torch.nn.functional', 'torch_utils', 'torch_utils.persistence',
                                 'torch_utils.misc', 'torch_utils.training_stats', 'torch_utils.distributed', 'dnnlib'}
 
@@ -129,3 +132,5 @@ def test_embedded_modules_run_in_original_environment(repo):
                 assert {a.name for a in node.names} <= ORIGINAL_ENVIRONMENT_IMPORTS, path
             elif isinstance(node, ast.ImportFrom):
                 assert node.module in ORIGINAL_ENVIRONMENT_IMPORTS, (path, node.module)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'misc':
+                assert node.attr in ORIGINAL_MISC, (path, node.attr)

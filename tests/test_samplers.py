@@ -25,13 +25,7 @@ from sampling_helpers import SAMPLER_OPTIONS, WEIGHTS, cli_args, golden_network
 
 SIGMA_DATA = 0.5
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One thread, as the golden data was made (and no oversubscription of the shared cores)."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 class GaussianDenoiser:
     """Ideal denoiser for N(0, sigma_d^2) data; records the noise levels it is called with."""

@@ -295,13 +295,6 @@ def test_sigkill_during_write(data8, tmp_path, target):
 # In-process runs of training_loop() for exact checks of resume, transfer, stop and non-finite losses.
 
 @pytest.fixture(scope='module')
-def one_thread():
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-@pytest.fixture(scope='module')
 def loop_kwargs(data8, one_thread):
     dist.init()
     network_kwargs = dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', embedding_type='positional',
