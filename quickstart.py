@@ -76,11 +76,21 @@ def int_ranges(values):
 # Training for a time budget: train.py is stopped with SIGTERM (its pre-emption path writes a
 # snapshot and a training state at the current step); a rerun resumes from the run directory.
 
-def read_stats(run_dir):
+def stats_lines(run_dir):
     path = os.path.join(run_dir, 'stats.jsonl')
     if not os.path.exists(path):
         return []
     return [json.loads(line) for line in open(path) if line.endswith('\n')]
+
+def read_stats(run_dir):
+    """The ticks of the run's history. A run killed without saving (power loss, SIGKILL) resumes
+    from its last state; the ticks it then redoes replace the lost ones that stats.jsonl still holds."""
+    stats = []
+    for tick in stats_lines(run_dir):
+        while stats and stats[-1]['Progress/kimg']['mean'] >= tick['Progress/kimg']['mean']:
+            stats.pop()
+        stats.append(tick)
+    return stats
 
 def trained_seconds(stats):
     return sum(s['Timing/sec_per_tick']['mean'] + s['Timing/maintenance_sec']['mean'] for s in stats)
@@ -88,9 +98,9 @@ def trained_seconds(stats):
 def stop_training_after(proc, run_dir, deadline):
     """SIGTERM train.py at the deadline, but not before it has finished a tick of its own (its stop
     handler is then in place and a state can be saved); wait for it to exit."""
-    ticks_before = len(read_stats(run_dir))
+    ticks_before = len(stats_lines(run_dir))
     while proc.poll() is None:
-        if time.time() >= deadline and len(read_stats(run_dir)) > ticks_before:
+        if time.time() >= deadline and len(stats_lines(run_dir)) > ticks_before:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
         time.sleep(1)
