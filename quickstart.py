@@ -106,7 +106,7 @@ def stop_training_after(proc, run_dir, deadline):
         time.sleep(1)
 
 def train_for(run_dir, dataset_zip, minutes):
-    remaining = minutes * 60 - trained_seconds(read_stats(run_dir))
+    remaining = minutes * 60 - trained_seconds(stats_lines(run_dir)) # Time spent, lost ticks included.
     has_state = os.path.isdir(run_dir) and any(name.startswith('training-state-') for name in os.listdir(run_dir))
     if has_state:
         cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}', f'--resume={run_dir}'] + TRAIN_OPTIONS
