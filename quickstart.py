@@ -53,9 +53,11 @@ class Stages:
             return
         print(f'==> {name} ...', flush=True)
         start = time.time()
-        fn()
-        self.timings[name] = self.timings.get(name, 0) + time.time() - start
-        write_text(self.timings_path, json.dumps(self.timings, indent=2))
+        try:
+            fn()
+        finally: # An interrupted attempt counts too: the stage time is the sum of all attempts.
+            self.timings[name] = self.timings.get(name, 0) + time.time() - start
+            write_text(self.timings_path, json.dumps(self.timings, indent=2))
 
 def write_text(path, text):
     with dnnlib.util.atomic_write(path) as temp_path:
@@ -222,7 +224,9 @@ def main(outdir, data_dir, minutes, samples, ref_images):
         f'  samples     {sample_dir}/',
         f'  grid        {os.path.join(outdir, "grid.png")}',
         f'  loss plot   {os.path.join(outdir, "loss.png")}',
-        '  stage times ' + ', '.join(f'{name.split(" ")[0].lower()} {dnnlib.util.format_time(sec)}' for name, sec in stages.timings.items()),
+        '  wall time of each stage',
+    ] + [f'    {dnnlib.util.format_time(sec):>8}  {name}' for name, sec in stages.timings.items()] + [
+        f'    {dnnlib.util.format_time(sum(stages.timings.values())):>8}  total (installation not included)',
     ]
     write_text(os.path.join(outdir, 'summary.txt'), '\n'.join(lines) + '\n')
     print('\n'.join([''] + lines))
