@@ -84,9 +84,10 @@ def stats_lines(run_dir):
         return []
     return [json.loads(line) for line in open(path) if line.endswith('\n')]
 
-def read_stats(run_dir):
-    """The ticks of the run's history. A run killed without saving (power loss, SIGKILL) resumes
-    from its last state; the ticks it then redoes replace the lost ones that stats.jsonl still holds."""
+def loss_history(run_dir):
+    """The ticks of stats.jsonl along kimg, for the loss plot. A resumed run counts from the kimg in
+    its state's file name (as the original does), so after a stop or a kill it repeats a stretch
+    of kimg; its ticks replace the earlier ones there."""
     stats = []
     for tick in stats_lines(run_dir):
         while stats and stats[-1]['Progress/kimg']['mean'] >= tick['Progress/kimg']['mean']:
@@ -94,7 +95,7 @@ def read_stats(run_dir):
         stats.append(tick)
     return stats
 
-def trained_seconds(stats):
+def training_seconds(stats):
     return sum(s['Timing/sec_per_tick']['mean'] + s['Timing/maintenance_sec']['mean'] for s in stats)
 
 def stop_training_after(proc, run_dir, deadline):
@@ -108,7 +109,7 @@ def stop_training_after(proc, run_dir, deadline):
         time.sleep(1)
 
 def train_for(run_dir, dataset_zip, minutes):
-    remaining = minutes * 60 - trained_seconds(stats_lines(run_dir)) # Time spent, lost ticks included.
+    remaining = minutes * 60 - training_seconds(stats_lines(run_dir))
     has_state = os.path.isdir(run_dir) and any(name.startswith('training-state-') for name in os.listdir(run_dir))
     if has_state:
         cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}', f'--resume={run_dir}'] + TRAIN_OPTIONS
@@ -126,10 +127,10 @@ def train_for(run_dir, dataset_zip, minutes):
             raise
         if proc.returncode != 0:
             raise click.ClickException(f'train.py failed (exit code {proc.returncode}); see {run_dir}/log.txt')
-    stats = read_stats(run_dir)
+    stats = stats_lines(run_dir) # The budget is all time spent training, interrupted attempts included.
     kimg = stats[-1]['Progress/kimg']['mean']
     snapshots = sorted(name for name in os.listdir(run_dir) if re.fullmatch(r'network-snapshot-\d+\.pkl', name))
-    result = dict(kimg=kimg, seconds=trained_seconds(stats), sec_per_kimg=trained_seconds(stats) / kimg,
+    result = dict(kimg=kimg, seconds=training_seconds(stats), sec_per_kimg=training_seconds(stats) / kimg,
                   snapshot=os.path.join(run_dir, snapshots[-1]))
     write_text(os.path.join(run_dir, 'quickstart-done.json'), json.dumps(result, indent=2))
 
@@ -148,7 +149,7 @@ def save_loss_plot(run_dir, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    stats = [s for s in read_stats(run_dir) if 'Loss/loss' in s]
+    stats = [s for s in loss_history(run_dir) if 'Loss/loss' in s]
     kimg = [s['Progress/kimg']['mean'] for s in stats]
     loss = [s['Loss/loss']['mean'] for s in stats]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)

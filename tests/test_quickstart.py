@@ -57,14 +57,13 @@ def test_quickstart_names_missing_data(repo, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith('Error: --data:')
     assert not (tmp_path / 'out').exists()
 
-def test_quickstart_history_replaces_ticks_lost_before_a_resume(repo, tmp_path, monkeypatch):
+def test_quickstart_loss_history_after_resumes(repo, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(repo))
     import quickstart
-    tick = lambda kimg, sec: json.dumps({'Progress/kimg': {'mean': kimg}, 'Timing/sec_per_tick': {'mean': sec}, 'Timing/maintenance_sec': {'mean': 0}})
-    # Ticks up to 6 kimg, a kill after the state at 4 kimg, a resume that redoes 4-6 kimg, a torn line.
-    lines = [tick(0.1, 1), tick(2, 10), tick(4, 10), tick(6, 10), tick(4.1, 1), tick(6, 12)]
+    tick = lambda kimg, sec: json.dumps({'Progress/kimg': {'mean': kimg}, 'Timing/sec_per_tick': {'mean': sec}, 'Timing/maintenance_sec': {'mean': 1}})
+    # Ticks up to 6.3 kimg, a kill, a resume from the state at 4 kimg that repeats 4-6.3, a torn line.
+    lines = [tick(0.1, 1), tick(2, 10), tick(4, 10), tick(6, 10), tick(6.3, 2), tick(4.1, 1), tick(6, 12)]
     (tmp_path / 'stats.jsonl').write_text('\n'.join(lines) + '\n{"Progress/')
-    stats = quickstart.read_stats(str(tmp_path))
-    assert [s['Progress/kimg']['mean'] for s in stats] == [0.1, 2, 4, 4.1, 6]
-    assert quickstart.trained_seconds(stats) == 1 + 10 + 10 + 1 + 12
-    assert len(quickstart.stats_lines(str(tmp_path))) == 6
+    assert [s['Progress/kimg']['mean'] for s in quickstart.loss_history(str(tmp_path))] == [0.1, 2, 4, 4.1, 6]
+    all_ticks = quickstart.stats_lines(str(tmp_path))
+    assert len(all_ticks) == 7 and quickstart.training_seconds(all_ticks) == 46 + 7
