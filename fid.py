@@ -1,8 +1,6 @@
 """Frechet Inception Distance (FID): statistics of image sets and the distance between them
 (cli.md section 3, sampling-and-fid.md section 3)."""
 
-import os
-
 import click
 import torch
 
@@ -83,9 +81,6 @@ def ref(dataset_path, dest_path, batch, detector_url):
         mu, sigma = fid_stats.calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, detector_url=detector_url)
         dist.print0(f'Saving dataset reference statistics to "{dest_path}"...')
         if dist.get_rank() == 0:
-            written = dest_path if dest_path.endswith('.npz') else dest_path + '.npz'
-            if os.path.exists(written):
-                print(f'Replacing the existing file "{written}"')
             fid_stats.save_stats(dest_path, mu, sigma)
     except (OSError, fid_stats.StatsError) as err:
         raise click.ClickException(str(err)) from None # One line naming the bad input.

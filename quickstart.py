@@ -33,12 +33,16 @@ TRAIN_OPTIONS = ['--cond=0', '--arch=ddpmpp', '--precond=edm', '--cbase=16', '--
 
 #----------------------------------------------------------------------------
 
-def run_tool(args):
-    """Run one of the project's CLIs from the repository root; stop the quickstart if it fails."""
+def run_tool(args, capture_stdout=False):
+    """Run one of the project's CLIs from the repository root; stop the quickstart if it fails.
+    With `capture_stdout`, its standard output is echoed and returned."""
     print('    $ python ' + ' '.join(args), flush=True)
-    result = subprocess.run([sys.executable] + args, cwd=REPO)
+    result = subprocess.run([sys.executable] + args, cwd=REPO, stdout=(subprocess.PIPE if capture_stdout else None), text=True)
+    if capture_stdout:
+        print(result.stdout, end='')
     if result.returncode != 0:
         raise click.ClickException(f'{args[0]} failed (exit code {result.returncode}); see its message above')
+    return result.stdout
 
 class Stages:
     """Announces each stage, skips it when its output exists, and records its wall time."""
@@ -205,13 +209,8 @@ def main(outdir, data_dir, minutes, samples, ref_images):
     stages.run(f'Generate {samples} images (18 steps)', os.path.join(sample_dir, 'done.json'), generate)
 
     def score():
-        print('    $ python ' + ' '.join(['fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}']), flush=True)
-        result = subprocess.run([sys.executable, 'fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}'],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
-        print(result.stdout, end='')
-        if result.returncode != 0:
-            raise click.ClickException(f'fid.py calc failed (exit code {result.returncode})')
-        write_text(fid_json, json.dumps(dict(fid=float(result.stdout.split()[-1]), num_images=samples, ref_images=ref_images)))
+        stdout = run_tool(['fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}'], capture_stdout=True)
+        write_text(fid_json, json.dumps(dict(fid=float(stdout.split()[-1]), num_images=samples, ref_images=ref_images)))
     stages.run('Score the images (FID)', fid_json, score)
     stages.run('Sample grid', os.path.join(outdir, 'grid.png'), lambda: save_grid(sample_dir, os.path.join(outdir, 'grid.png')))
     stages.run('Loss plot', os.path.join(outdir, 'loss.png'), lambda: save_loss_plot(run_dir, os.path.join(outdir, 'loss.png')))

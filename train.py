@@ -38,7 +38,7 @@ def find_latest_state(run_dir):
     (a state without one, possible when --dump is not a multiple of --snap, cannot be resumed), or None."""
     states = {}
     for name in os.listdir(run_dir):
-        match = re.fullmatch(r'training-state-(\d+)\.pt', name)
+        match = re.fullmatch(_STATE_REGEX, name)
         if match and os.path.isfile(os.path.join(run_dir, f'network-snapshot-{match.group(1)}.pkl')):
             states[int(match.group(1))] = os.path.join(run_dir, name)
     return states[max(states)] if states else None

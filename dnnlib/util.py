@@ -279,6 +279,14 @@ def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename
     return io.BytesIO(data)
 
 #----------------------------------------------------------------------------
+# One-line error messages.
+
+def error_summary(err):
+    """'ExceptionType: first line of its message', for error messages that must stay on one line."""
+    lines = str(err).strip().splitlines()
+    return f'{type(err).__name__}: {lines[0]}' if lines else type(err).__name__
+
+#----------------------------------------------------------------------------
 # Atomic output files.
 
 class atomic_write:

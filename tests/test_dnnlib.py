@@ -122,3 +122,7 @@ def test_logger_tees_into_file(tmp_path, capsys):
     print('after')
     assert (tmp_path / 'log.txt').read_text() == 'hello\nbytes\n'
     assert capsys.readouterr().out == 'hello\nbytes\nafter\n'
+
+def test_error_summary_is_one_line_with_the_type():
+    assert dnnlib.util.error_summary(ValueError('bad thing\n  at line 2\n')) == 'ValueError: bad thing'
+    assert dnnlib.util.error_summary(EOFError()) == 'EOFError'

@@ -124,7 +124,7 @@ def load_stats(path_or_url, verbose=True):
         try:
             stats = dict(np.load(f))
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise StatsError(f'{path_or_url}: not a readable .npz statistics file ({type(err).__name__}: {err})') from None
+            raise StatsError(f'{path_or_url}: not a readable .npz statistics file ({dnnlib.util.error_summary(err)})') from None
     dim = inception.FEATURE_DIM
     for key, shape in [('mu', (dim,)), ('sigma', (dim, dim))]:
         if key not in stats:
@@ -135,9 +135,11 @@ def load_stats(path_or_url, verbose=True):
 
 def save_stats(dest_path, mu, sigma):
     """np.savez(dest_path, mu=mu, sigma=sigma), written atomically; like numpy, '.npz' is appended
-    when missing. Returns the path written."""
+    when missing. An existing file is replaced, with a notice. Returns the path written."""
     if not dest_path.endswith('.npz'):
         dest_path += '.npz'
+    if os.path.exists(dest_path):
+        print(f'Replacing the existing file "{dest_path}"')
     if os.path.dirname(dest_path):
         os.makedirs(os.path.dirname(dest_path), exist_ok=True)
     with dnnlib.util.atomic_write(dest_path) as temp_path:

@@ -101,10 +101,6 @@ def _local_detector_file(detector_url, verbose):
         raise IOError(f'{path}: Inception detector file not found')
     return path
 
-def _first_line(err):
-    lines = str(err).strip().splitlines()
-    return f'{type(err).__name__}: {lines[0] if lines else ""}'
-
 def load_detector(detector_url=DETECTOR_URL, device=torch.device('cpu'), verbose=True):
     """The detector from a local path or URL (downloaded once into the dnnlib cache), on `device`.
     TorchScript archives are zip files; anything else is unpickled like NVIDIA's .pkl.
@@ -116,13 +112,13 @@ def load_detector(detector_url=DETECTOR_URL, device=torch.device('cpu'), verbose
                 warnings.simplefilter('ignore', DeprecationWarning)
                 detector = TorchScriptDetector(torch.jit.load(path, map_location='cpu'))
         except Exception as err:
-            raise IOError(f'{path}: not a TorchScript Inception detector ({_first_line(err)})') from None
+            raise IOError(f'{path}: not a TorchScript Inception detector ({dnnlib.util.error_summary(err)})') from None
     else:
         try:
             with open(path, 'rb') as f:
                 net = pickle.load(f)
         except Exception as err:
-            raise IOError(f'{path}: cannot unpickle the Inception detector ({_first_line(err)})') from None
+            raise IOError(f'{path}: cannot unpickle the Inception detector ({dnnlib.util.error_summary(err)})') from None
         if not isinstance(net, torch.nn.Module):
             raise IOError(f'{path}: the pickle holds a {type(net).__name__}, not an Inception detector module')
         detector = PickledDetector(net)

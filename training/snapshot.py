@@ -107,9 +107,6 @@ def _code_allowed(allow_code):
         return os.environ.get(ALLOW_CODE_ENV, '0').lower() not in ('', '0', 'false', 'no')
     return allow_code
 
-def _first_line(err):
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
 def load_snapshot(path_or_url, verbose=True, allow_code=None):
     """Load a network pickle -> dict with 'ema' (and 'loss_fn', 'augment_pipe', 'dataset_kwargs'
     when present), like pickle.load would, without executing embedded code.
@@ -134,7 +131,7 @@ def load_snapshot(path_or_url, verbose=True, allow_code=None):
     except SnapshotError:
         raise
     except Exception as err: # Truncated or corrupt files fail in many ways inside pickle.
-        raise SnapshotError(f'{path_or_url}: not a readable network pickle ({_first_line(err)})') from None
+        raise SnapshotError(f'{path_or_url}: not a readable network pickle ({dnnlib.util.error_summary(err)})') from None
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get('ema'), torch.nn.Module):
         raise SnapshotError(f'{path_or_url}: expected a network snapshot (a dict with a network under "ema")')
     return snapshot
@@ -157,7 +154,7 @@ def load_training_state(path, allow_code=None):
     except SnapshotError:
         raise
     except Exception as err:
-        raise SnapshotError(f'{path}: not a readable training state ({_first_line(err)})') from None
+        raise SnapshotError(f'{path}: not a readable training state ({dnnlib.util.error_summary(err)})') from None
     if not isinstance(state, dict) or not isinstance(state.get('net'), torch.nn.Module) or 'optimizer_state' not in state:
         raise SnapshotError(f'{path}: expected a training state (a dict with "net" and "optimizer_state")')
     return state
