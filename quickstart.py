@@ -182,7 +182,10 @@ def main(outdir, data_dir, minutes, samples, ref_images):
     if not os.path.isfile(source):
         raise click.ClickException(f'--data: {source} not found; install it with "apt-get install -y dataset-fashion-mnist" or give the folder holding it')
     outdir = os.path.abspath(outdir)
-    os.makedirs(outdir, exist_ok=True)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as err:
+        raise click.ClickException(f'--outdir: cannot create the folder {outdir} ({err.strerror})') from None
     dataset_zip = os.path.join(outdir, 'fashion-mnist-32x32.zip')
     ref_zip = os.path.join(outdir, f'fashion-mnist-first{ref_images}-32x32.zip')
     ref_npz = os.path.join(outdir, 'fid-ref.npz')

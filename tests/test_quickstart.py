@@ -67,3 +67,13 @@ def test_quickstart_loss_history_after_resumes(repo, tmp_path, monkeypatch):
     assert [s['Progress/kimg']['mean'] for s in quickstart.loss_history(str(tmp_path))] == [0.1, 2, 4, 4.1, 6]
     all_ticks = quickstart.stats_lines(str(tmp_path))
     assert len(all_ticks) == 7 and quickstart.training_seconds(all_ticks) == 46 + 7
+
+def test_quickstart_names_an_unusable_outdir(repo, tmp_path):
+    data = tmp_path / 'fmnist'
+    data.mkdir()
+    write_idx(data, num_images=4)
+    (tmp_path / 'file').write_text('')
+    result = run_quickstart(repo, tmp_path / 'file', data)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith('Error: --outdir: cannot create the folder')
+    assert (tmp_path / 'file').read_text() == ''
