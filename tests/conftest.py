@@ -1,4 +1,4 @@
-"""Shared test fixtures. Golden data from the original implementation lives beside the checkout."""
+"""Shared test fixtures. Golden data from the original implementation is vendored in tests/golden."""
 
 import os
 import pathlib
@@ -8,14 +8,14 @@ import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GOLDEN = REPO.parent / 'shared' / 'golden'
+GOLDEN = REPO / 'tests' / 'golden'
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 @pytest.fixture(scope='session')
 def golden():
-    """Path of ../shared/golden; the suite fails (not skips) when it is missing."""
+    """Path of tests/golden; the suite fails (not skips) when it is missing."""
     assert GOLDEN.is_dir(), f'golden data not found at {GOLDEN}'
     return GOLDEN
 

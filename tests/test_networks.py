@@ -111,7 +111,7 @@ def test_adm_imagenet_parameter_count():
     assert sum(p.numel() for p in net.parameters()) == 295_900_995
 
 def spec_listing(spec_text):
-    """Parse the ordered parameter/buffer listing of networks.md section 11."""
+    """Parse the ordered parameter/buffer listing of the DDPM++ CIFAR-10 network (a table per module)."""
     section = spec_text.split('## 11.')[1]
     params, buffers = [], []
     for prefix, cells in re.findall(r'^\| `(model\.[^`]+)` \| (.+) \|$', section, flags=re.M):
@@ -121,7 +121,7 @@ def spec_listing(spec_text):
     return params, buffers
 
 def test_ddpmpp_cifar10_listing_matches_spec(golden):
-    params, buffers = spec_listing((golden.parent / 'spec' / 'networks.md').read_text())
+    params, buffers = spec_listing((golden / 'networks' / 'ddpmpp_cifar10_listing.md').read_text())
     assert len(params) == 417 and len(buffers) == 8
     with torch.device('meta'):
         net = networks.EDMPrecond(img_resolution=32, img_channels=3, label_dim=0, augment_dim=9, dropout=0.13,

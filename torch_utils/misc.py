@@ -1,218 +1,217 @@
-"""Helpers used by the training loop, the augmentation pipe and the persistence contract
-(training.md section 6). The names are those of the original `torch_utils.misc`, because
-source code embedded in EDM pickles calls them (e.g. `misc.constant`)."""
+"""Small utilities for the training loop and the augmentation pipeline.
+
+Source code embedded in EDM pickles (also the pickles of NVIDIA's release) calls some of these
+by name, e.g. `misc.constant`, so the public names here must stay as they are.
+"""
 
 import contextlib
+import functools
+import itertools
 import re
 import warnings
 
 import numpy as np
 import torch
 
-import dnnlib
 
 #----------------------------------------------------------------------------
-# Cached constant tensors.
-
-_constant_cache = dict()
-
-def constant(value, shape=None, dtype=None, device=None, memory_format=None):
-    """A cached tensor holding `value` (broadcast to `shape`); shared, so never modify it."""
-    value = np.asarray(value)
-    if shape is not None:
-        shape = tuple(shape)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if device is None:
-        device = torch.device('cpu')
-    if memory_format is None:
-        memory_format = torch.contiguous_format
-    key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
-    tensor = _constant_cache.get(key, None)
-    if tensor is None:
-        tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
-        if shape is not None:
-            tensor, _ = torch.broadcast_tensors(tensor, torch.empty(shape))
-        tensor = tensor.contiguous(memory_format=memory_format)
-        _constant_cache[key] = tensor
-    return tensor
+# Tensor helpers.
 
 nan_to_num = torch.nan_to_num
 symbolic_assert = torch._assert
 
-@contextlib.contextmanager
-def suppress_tracer_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
-        yield
+_constants = {}
+
+def constant(value, shape=None, dtype=None, device=None, memory_format=None):
+    """Tensor holding `value` (broadcast to `shape` if given), created once per distinct request
+    and then served from a cache. The tensor is shared: never modify it in place."""
+    array = np.asarray(value)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    device = torch.device('cpu') if device is None else device
+    memory_format = torch.contiguous_format if memory_format is None else memory_format
+    shape = None if shape is None else tuple(shape)
+    key = (array.shape, array.dtype, array.tobytes(), shape, dtype, device, memory_format)
+    if key not in _constants:
+        tensor = torch.as_tensor(array.copy(), dtype=dtype, device=device)
+        if shape is not None:
+            tensor = tensor.broadcast_to(torch.broadcast_shapes(tensor.shape, shape))
+        _constants[key] = tensor.contiguous(memory_format=memory_format)
+    return _constants[key]
 
 def assert_shape(tensor, ref_shape):
-    """Assert that `tensor` has shape `ref_shape`; None entries match any size."""
-    if tensor.ndim != len(ref_shape):
-        raise AssertionError(f'Wrong number of dimensions: got {tensor.ndim}, expected {len(ref_shape)}')
-    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
-        if ref_size is not None and int(size) != int(ref_size):
-            raise AssertionError(f'Wrong size for dimension {idx}: got {size}, expected {ref_size}')
+    """Raise AssertionError unless `tensor` has shape `ref_shape`, where None matches any size."""
+    shape = list(tensor.shape)
+    same_rank = len(shape) == len(ref_shape)
+    if not same_rank or any(want is not None and int(have) != int(want) for have, want in zip(shape, ref_shape)):
+        raise AssertionError(f'Tensor of shape {shape} where {list(ref_shape)} was expected')
+
+@contextlib.contextmanager
+def suppress_tracer_warnings():
+    """Silence torch.jit.TracerWarning inside the `with` body."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        yield
 
 def profiled_function(fn):
-    """Run `fn` inside a profiler range named after it."""
-    def decorator(*args, **kwargs):
+    """Decorator: every call of `fn` appears in the PyTorch profiler as a range named after it."""
+    @functools.wraps(fn)
+    def profiled(*args, **kwargs):
         with torch.autograd.profiler.record_function(fn.__name__):
             return fn(*args, **kwargs)
-    decorator.__name__ = fn.__name__
-    return decorator
+    return profiled
 
 #----------------------------------------------------------------------------
-# Infinite, shuffled, rank-split sampler (training.md 6.2).
+# Data loading.
 
 class InfiniteSampler(torch.utils.data.Sampler):
-    """Endless stream of dataset indices. All ranks run the same shuffle and the same random
-    window swaps, so together they walk one global sequence, split round-robin by rank."""
+    """Endless stream of dataset indices for `rank` out of `num_replicas` processes.
+
+    With shuffling, the indices start in a random permutation, and after each index is handed
+    out it trades places with a random one among the `window_size` fraction of positions just
+    before it, so that every pass over the dataset comes in a slightly different order. All ranks
+    draw the same random numbers and thus walk one global sequence; rank r takes its elements
+    r, r + num_replicas, r + 2 * num_replicas, ...
+    """
 
     def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5):
-        assert len(dataset) > 0
-        assert num_replicas > 0
-        assert 0 <= rank < num_replicas
-        assert 0 <= window_size <= 1
+        assert len(dataset) > 0, 'the dataset is empty'
+        assert num_replicas > 0 and 0 <= rank < num_replicas, f'invalid rank {rank} of {num_replicas}'
+        assert 0 <= window_size <= 1, 'window_size is a fraction of the dataset'
         super().__init__()
         self.dataset = dataset
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window_size = window_size
+        self.rank, self.num_replicas = rank, num_replicas
+        self.shuffle, self.seed, self.window_size = shuffle, seed, window_size
 
     def __iter__(self):
-        order = np.arange(len(self.dataset))
-        rnd = None
+        return itertools.islice(self._global_sequence(), self.rank, None, self.num_replicas)
+
+    def _global_sequence(self):
+        size = len(self.dataset)
+        order = np.arange(size)
         window = 0
         if self.shuffle:
-            rnd = np.random.RandomState(self.seed)
-            rnd.shuffle(order)
-            window = int(np.rint(order.size * self.window_size))
-        idx = 0
-        while True:
-            i = idx % order.size
-            if idx % self.num_replicas == self.rank:
-                yield order[i]
+            rng = np.random.RandomState(self.seed)
+            rng.shuffle(order)
+            window = int(np.rint(size * self.window_size))
+        for step in itertools.count():
+            pos = step % size
+            yield order[pos]
             if window >= 2:
-                j = (i - rnd.randint(window)) % order.size
-                order[i], order[j] = order[j], order[i]
-            idx += 1
+                other = (pos - rng.randint(window)) % size
+                order[[pos, other]] = order[[other, pos]]
 
 #----------------------------------------------------------------------------
-# Parameters and buffers.
+# Parameters, buffers and DistributedDataParallel.
 
 def params_and_buffers(module):
     assert isinstance(module, torch.nn.Module)
-    return list(module.parameters()) + list(module.buffers())
+    return [*module.parameters(), *module.buffers()]
 
 def named_params_and_buffers(module):
     assert isinstance(module, torch.nn.Module)
-    return list(module.named_parameters()) + list(module.named_buffers())
+    return [*module.named_parameters(), *module.named_buffers()]
 
 @torch.no_grad()
 def copy_params_and_buffers(src_module, dst_module, require_all=False):
-    """Copy every parameter and buffer of `dst_module` from the tensor of the same name in `src_module`."""
-    assert isinstance(src_module, torch.nn.Module)
-    assert isinstance(dst_module, torch.nn.Module)
-    src_tensors = dict(named_params_and_buffers(src_module))
-    for name, tensor in named_params_and_buffers(dst_module):
-        assert (name in src_tensors) or (not require_all), f'Missing tensor: {name}'
-        if name in src_tensors:
-            tensor.copy_(src_tensors[name])
-
-#----------------------------------------------------------------------------
-# DistributedDataParallel helpers.
+    """Overwrite each parameter and buffer of `dst_module` with the tensor of the same name in
+    `src_module`. Names missing from the source are skipped, or an error if `require_all`."""
+    source = dict(named_params_and_buffers(src_module))
+    for name, target in named_params_and_buffers(dst_module):
+        if name in source:
+            target.copy_(source[name])
+        else:
+            assert not require_all, f'Missing tensor: {name}'
 
 @contextlib.contextmanager
 def ddp_sync(module, sync):
-    """Skip DDP's gradient all-reduce unless `sync` (gradient accumulation)."""
+    """Context for one forward/backward pass. Unless `sync`, a DistributedDataParallel module
+    skips its gradient all-reduce (for gradient accumulation)."""
     assert isinstance(module, torch.nn.Module)
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
+    accumulating = not sync and isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    with module.no_sync() if accumulating else contextlib.nullcontext():
         yield
-    else:
-        with module.no_sync():
-            yield
 
 def check_ddp_consistency(module, ignore_regex=None):
-    """Assert that every parameter and buffer equals rank 0's copy."""
+    """Assert that every parameter and buffer matches rank 0's copy (NaNs count as equal).
+    Tensors whose `<ClassName>.<name>` fully matches `ignore_regex` are not checked."""
     assert isinstance(module, torch.nn.Module)
-    for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
+    named = [(f'{type(module).__name__}.{name}', t.detach()) for name, t in named_params_and_buffers(module)]
+    for fullname, local in named:
         if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
             continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        assert (tensor == other).all(), fullname
+        local = nan_to_num(local) if local.is_floating_point() else local
+        on_rank0 = local.clone()
+        torch.distributed.broadcast(on_rank0, src=0)
+        assert torch.equal(local, on_rank0), fullname
 
 #----------------------------------------------------------------------------
-# Module summary table printed by the training loop (training.md 6.6).
+# Module summary table.
 
 def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
-    assert isinstance(module, torch.nn.Module)
-    assert not isinstance(module, torch.jit.ScriptModule)
-    assert isinstance(inputs, (tuple, list))
+    """Run `module(*inputs)` and print a table of its sub-modules, at most `max_nesting` levels
+    deep, in the order their calls finished: parameter and buffer counts, output shapes and
+    dtypes. Each tensor is counted for the first row that shows it. Returns the outputs."""
+    assert isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule)
+    assert isinstance(inputs, (tuple, list)), 'inputs must be a list of positional arguments'
+    outputs, calls = _trace_calls(module, inputs, max_nesting)
 
-    # Record the outputs of every module up to max_nesting deep, in order of completion.
-    entries = []
-    nesting = [0]
-    def pre_hook(_mod, _inputs):
-        nesting[0] += 1
-    def post_hook(mod, _inputs, outputs):
-        nesting[0] -= 1
-        if nesting[0] <= max_nesting:
-            outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-            outputs = [t for t in outputs if isinstance(t, torch.Tensor)]
-            entries.append(dnnlib.EasyDict(mod=mod, outputs=outputs))
-    hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
-    hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
-    outputs = module(*inputs)
-    for hook in hooks:
-        hook.remove()
+    labels = {sub: name for name, sub in module.named_modules()}
+    labels[module] = '<top-level>'
+    header = [type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']
+    table = [header, ['---'] * 5]
+    total_params = total_buffers = 0
+    for (sub, outs), (params, buffers, new_outs) in zip(calls, _first_sightings(calls)):
+        if skip_redundant and not (params or buffers or new_outs):
+            continue
+        counts = [sum(t.numel() for t in params), sum(t.numel() for t in buffers)]
+        total_params += counts[0]
+        total_buffers += counts[1]
+        shapes = [str(list(t.shape)) for t in outs] or ['-']
+        dtypes = [str(t.dtype).replace('torch.', '') for t in outs] or ['-']
+        for k, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+            label = labels[sub] + (f':{k}' if len(outs) > 1 else '')
+            cells = [str(c) if c and k == 0 else '-' for c in counts]
+            table.append([label, *cells, shape, dtype])
+    table.append(['---'] * 5)
+    table.append(['Total', str(total_params), str(total_buffers), '-', '-'])
 
-    # Attribute each tensor to the first entry that sees it (children complete before parents).
-    tensors_seen = set()
-    for e in entries:
-        e.unique_params = [t for t in e.mod.parameters() if id(t) not in tensors_seen]
-        e.unique_buffers = [t for t in e.mod.buffers() if id(t) not in tensors_seen]
-        e.unique_outputs = [t for t in e.outputs if id(t) not in tensors_seen]
-        tensors_seen |= {id(t) for t in e.unique_params + e.unique_buffers + e.unique_outputs}
-    if skip_redundant:
-        entries = [e for e in entries if len(e.unique_params) or len(e.unique_buffers) or len(e.unique_outputs)]
-
-    # Build and print the table.
-    rows = [[type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']]
-    rows += [['---'] * len(rows[0])]
-    param_total = 0
-    buffer_total = 0
-    submodule_names = {mod: name for name, mod in module.named_modules()}
-    for e in entries:
-        name = '<top-level>' if e.mod is module else submodule_names[e.mod]
-        param_size = sum(t.numel() for t in e.unique_params)
-        buffer_size = sum(t.numel() for t in e.unique_buffers)
-        output_shapes = [str(list(t.shape)) for t in e.outputs]
-        output_dtypes = [str(t.dtype).split('.')[-1] for t in e.outputs]
-        rows += [[
-            name + (':0' if len(e.outputs) >= 2 else ''),
-            str(param_size) if param_size else '-',
-            str(buffer_size) if buffer_size else '-',
-            (output_shapes + ['-'])[0],
-            (output_dtypes + ['-'])[0],
-        ]]
-        for idx in range(1, len(e.outputs)):
-            rows += [[name + f':{idx}', '-', '-', output_shapes[idx], output_dtypes[idx]]]
-        param_total += param_size
-        buffer_total += buffer_size
-    rows += [['---'] * len(rows[0])]
-    rows += [['Total', str(param_total), str(buffer_total), '-', '-']]
-
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(*table)]
     print()
-    for row in rows:
-        print('  '.join(cell + ' ' * (width - len(cell)) for cell, width in zip(row, widths)))
+    for row in table:
+        print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)))
     print()
     return outputs
+
+def _trace_calls(module, inputs, max_nesting):
+    """Run the module with forward hooks on every sub-module. Returns its outputs and the list of
+    (sub-module, output tensors) of each call at most `max_nesting` levels deep, in order of
+    completion (a child finishes before its parent)."""
+    depth = 0
+    calls = []
+    def enter(_sub, _args):
+        nonlocal depth
+        depth += 1
+    def leave(sub, _args, out):
+        nonlocal depth
+        depth -= 1
+        if depth <= max_nesting:
+            items = out if isinstance(out, (tuple, list)) else [out]
+            calls.append((sub, [t for t in items if isinstance(t, torch.Tensor)]))
+    handles = []
+    for sub in module.modules():
+        handles += [sub.register_forward_pre_hook(enter), sub.register_forward_hook(leave)]
+    try:
+        outputs = module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, calls
+
+def _first_sightings(calls):
+    """For each call: its parameters, buffers and outputs that no earlier call has shown."""
+    seen = set()
+    for sub, outs in calls:
+        groups = [list(sub.parameters()), list(sub.buffers()), outs]
+        fresh = [[t for t in group if id(t) not in seen] for group in groups]
+        seen.update(id(t) for group in fresh for t in group)
+        yield fresh

@@ -1,208 +1,239 @@
-"""Image datasets for training and evaluation (training.md section 3, formats.md section 1).
+"""Image datasets for training and for FID reference statistics.
 
-A dataset is a folder or a zip archive of images, all of the same shape, with an optional
-`dataset.json` holding one label per image. `ImageFolderDataset` is the class train.py and
-fid.py construct by name (`training.dataset.ImageFolderDataset`).
+A dataset is a directory or a `.zip` archive of images that all have the same shape. Images are
+ordered by their sorted relative file names and are served as uint8 arrays in CHW layout. An
+optional `dataset.json` at the root gives every image a label, either a class index or a vector
+of floats:
+
+    {"labels": [["00000/img00000000.png", 6], ["00000/img00000001.png", 9], ...]}
+
+`ImageFolderDataset` is the class that train.py and fid.py construct (by its dotted name).
 """
 
+import contextlib
+import io
 import json
 import os
 import zipfile
 
+import dnnlib
 import numpy as np
 import PIL.Image
 import torch
 
-import dnnlib
-
 try:
-    import pyspng
-except ImportError:
+    import pyspng # Optional, faster PNG decoding than Pillow.
+except (ImportError, OSError):
     pyspng = None
 
 #----------------------------------------------------------------------------
-# Abstract base (training.md section 3.1): subset, x-flip doubling, cache, lazy labels.
+
+def choose_items(num_raw, max_size, xflip, seed):
+    """Raw image index and mirror flag of every dataset item.
+
+    With `max_size` smaller than the number of raw images, a seeded shuffle picks the subset, which
+    is then put back into file order. With `xflip`, the (possibly reduced) list is repeated, the
+    repetition being the mirrored copies.
+    """
+    keep = np.arange(num_raw, dtype=np.int64)
+    if max_size is not None and num_raw > max_size:
+        np.random.RandomState(seed % (1 << 31)).shuffle(keep)
+        keep = np.sort(keep[:max_size])
+    copies = [False, True] if xflip else [False]
+    return np.tile(keep, len(copies)), np.repeat(np.array(copies), keep.size)
 
 class Dataset(torch.utils.data.Dataset):
-    def __init__(self,
-        name,                   # Name of the dataset.
-        raw_shape,              # Shape of the raw image data [N, C, H, W].
-        max_size    = None,     # Keep at most this many images (random subset, sorted); None = all.
-        use_labels  = False,    # Return the labels of dataset.json? False = label_dim 0.
-        xflip       = False,    # Append a mirrored copy of every image (doubles the length)?
-        random_seed = 0,        # Seed of the max_size subset.
-        cache       = False,    # Keep decoded images in memory (per process / worker)?
-    ):
+    """Images with optional labels, indexed as `dataset[i] -> (uint8 CHW image, float32 label)`.
+
+    Subclasses provide the raw storage through `_load_raw_image(raw_idx)`, `_load_raw_labels()` and
+    `close()`. On top of it this class adds a random subset (`max_size`, drawn with `random_seed`),
+    mirrored copies (`xflip`, doubling the length), an in-memory image cache (`cache`, per process)
+    and lazily loaded labels (`use_labels`; without labels every label is an empty vector).
+    """
+
+    def __init__(self, name, raw_shape, max_size=None, use_labels=False, xflip=False, random_seed=0, cache=False):
         self._name = name
-        self._raw_shape = list(raw_shape)
+        self._num_raw = int(raw_shape[0])
+        self._image_shape = [int(size) for size in raw_shape[1:]]
+        self._raw_idx, self._xflip = choose_items(self._num_raw, max_size, xflip, random_seed)
         self._use_labels = use_labels
-        self._cache = cache
-        self._cached_images = dict() # {raw_idx: ndarray}
-        self._raw_labels = None
+        self._raw_labels = None     # Loaded on first use, see _labels().
         self._label_shape = None
+        self._image_cache = {} if cache else None
 
-        # Subset first: a seeded shuffle, keep max_size, restore the original order.
-        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
-        if max_size is not None and self._raw_idx.size > max_size:
-            np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
-            self._raw_idx = np.sort(self._raw_idx[:max_size])
+    # Storage hooks for subclasses.
 
-        # Then x-flip: the second half of the items are the mirrored copies.
-        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
-        if xflip:
-            self._raw_idx = np.tile(self._raw_idx, 2)
-            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
-
-    def _get_raw_labels(self):
-        if self._raw_labels is None:
-            self._raw_labels = self._load_raw_labels() if self._use_labels else None
-            if self._raw_labels is None:
-                self._raw_labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
-            assert isinstance(self._raw_labels, np.ndarray)
-            assert self._raw_labels.shape[0] == self._raw_shape[0]
-            assert self._raw_labels.dtype in [np.float32, np.int64]
-            if self._raw_labels.dtype == np.int64:
-                assert self._raw_labels.ndim == 1
-                assert np.all(self._raw_labels >= 0)
-        return self._raw_labels
-
-    def close(self): # Hook: release open files.
-        pass
-
-    def _load_raw_image(self, raw_idx): # Hook: uint8 ndarray CHW.
+    def _load_raw_image(self, raw_idx):
+        """uint8 ndarray [C, H, W] of raw image `raw_idx`."""
         raise NotImplementedError
 
-    def _load_raw_labels(self): # Hook: int64 [N] or float32 [N, ...] ndarray, or None.
+    def _load_raw_labels(self):
+        """int64 class indices [N], float32 vectors [N, ...], or None for an unlabelled dataset."""
         raise NotImplementedError
 
-    def __getstate__(self):
-        return dict(self.__dict__, _raw_labels=None) # Labels reload lazily in each worker.
+    def close(self):
+        """Release open files; reading again reopens them."""
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+    # Raw data access.
 
-    def __len__(self):
-        return self._raw_idx.size
-
-    def __getitem__(self, idx):
-        raw_idx = self._raw_idx[idx]
-        image = self._cached_images.get(raw_idx, None)
+    def _image(self, raw_idx):
+        image = None if self._image_cache is None else self._image_cache.get(raw_idx)
         if image is None:
             image = self._load_raw_image(raw_idx)
-            if self._cache:
-                self._cached_images[raw_idx] = image
-        assert isinstance(image, np.ndarray)
-        assert list(image.shape) == self.image_shape
-        assert image.dtype == np.uint8
+            assert isinstance(image, np.ndarray) and image.dtype == np.uint8
+            assert list(image.shape) == self._image_shape
+            if self._image_cache is not None:
+                self._image_cache[raw_idx] = image
+        return image
+
+    def _labels(self):
+        if self._raw_labels is None:
+            labels = self._load_raw_labels() if self._use_labels else None
+            if labels is None:
+                labels = np.zeros([self._num_raw, 0], dtype=np.float32)
+            assert isinstance(labels, np.ndarray) and len(labels) == self._num_raw
+            if labels.dtype == np.int64:
+                assert labels.ndim == 1 and labels.min() >= 0
+                self._label_shape = [int(labels.max()) + 1]
+            else:
+                assert labels.dtype == np.float32
+                self._label_shape = list(labels.shape[1:])
+            self._raw_labels = labels
+        return self._raw_labels
+
+    # Items.
+
+    def __len__(self):
+        return len(self._raw_idx)
+
+    def __getitem__(self, idx):
+        image = self._image(self._raw_idx[idx])
         if self._xflip[idx]:
-            assert image.ndim == 3 # CHW
-            image = image[:, :, ::-1]
+            image = np.flip(image, axis=2)
         return image.copy(), self.get_label(idx)
 
     def get_label(self, idx):
-        label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:
-            onehot = np.zeros(self.label_shape, dtype=np.float32)
-            onehot[label] = 1
-            label = onehot
+        """Label vector of item `idx`: the one-hot encoding of a class index, or the stored vector."""
+        label = self._labels()[self._raw_idx[idx]]
+        if self.has_onehot_labels:
+            return (np.arange(self.label_dim) == label).astype(np.float32)
         return label.copy()
 
     def get_details(self, idx):
-        d = dnnlib.EasyDict()
-        d.raw_idx = int(self._raw_idx[idx])
-        d.xflip = (int(self._xflip[idx]) != 0)
-        d.raw_label = self._get_raw_labels()[d.raw_idx].copy()
-        return d
+        """Where item `idx` comes from: its raw index, whether it is mirrored, and its raw label."""
+        raw_idx = int(self._raw_idx[idx])
+        return dnnlib.EasyDict(raw_idx=raw_idx, xflip=bool(self._xflip[idx]), raw_label=self._labels()[raw_idx].copy())
 
-    @property
-    def name(self):
-        return self._name
+    # Pickling, for DataLoader worker processes.
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_raw_labels'] = None # Each worker reloads the labels when it needs them.
+        return state
+
+    def __del__(self):
+        with contextlib.suppress(Exception): # The interpreter may be shutting down.
+            self.close()
+
+    # Properties.
 
     @property
     def image_shape(self):
-        return list(self._raw_shape[1:])
+        """[C, H, W] of every image."""
+        return list(self._image_shape)
 
     @property
     def num_channels(self):
-        assert len(self.image_shape) == 3 # CHW
-        return self.image_shape[0]
+        """C: 1 for grayscale, 3 for RGB."""
+        channels, _height, _width = self._image_shape
+        return channels
 
     @property
     def resolution(self):
-        assert len(self.image_shape) == 3 # CHW
-        assert self.image_shape[1] == self.image_shape[2]
-        return self.image_shape[1]
+        """Side length of the (square) images."""
+        _channels, height, width = self._image_shape
+        assert height == width
+        return height
 
     @property
-    def label_shape(self):
-        if self._label_shape is None:
-            raw_labels = self._get_raw_labels()
-            if raw_labels.dtype == np.int64:
-                self._label_shape = [int(np.max(raw_labels)) + 1]
-            else:
-                self._label_shape = list(raw_labels.shape[1:])
-        return list(self._label_shape)
+    def name(self):
+        """Dataset name, e.g. the archive's file name without extension."""
+        return self._name
 
     @property
     def label_dim(self):
-        assert len(self.label_shape) == 1
-        return self.label_shape[0]
+        """Length of the label vectors returned with the images."""
+        (dim,) = self.label_shape
+        return dim
 
     @property
     def has_labels(self):
-        return any(x != 0 for x in self.label_shape)
+        """Whether the labels carry information (a non-empty label shape)."""
+        return any(self.label_shape)
 
     @property
     def has_onehot_labels(self):
-        return self._get_raw_labels().dtype == np.int64
+        """Whether the stored labels are class indices, served as one-hot vectors."""
+        return self._labels().dtype == np.int64
+
+    @property
+    def label_shape(self):
+        """[num_classes] for class labels, the vector shape for vector labels, [0] without labels."""
+        self._labels()
+        return list(self._label_shape)
 
 #----------------------------------------------------------------------------
-# A folder or zip of images (training.md section 3.2). Errors in the data raise IOError
-# with one line naming the dataset path and, where it applies, the image.
+
+def file_extension(fname):
+    return os.path.splitext(fname)[1].lower()
+
+def describe_shape(chw):
+    """'WxH with C channel(s)' for error messages."""
+    channels, height, width = chw
+    return f'{width}x{height} with {channels} channel{"" if channels == 1 else "s"}'
 
 class ImageFolderDataset(Dataset):
-    def __init__(self,
-        path,                   # Path to a directory or a .zip file.
-        resolution      = None, # Required resolution; None = whatever image #0 has.
-        use_pyspng      = True, # Decode PNGs with pyspng when it is installed?
-        **super_kwargs,         # Options of Dataset.
-    ):
-        self._path = path
-        self._use_pyspng = use_pyspng
-        self._zipfile = None
+    """Dataset stored as a directory tree or a zip archive.
 
-        if os.path.isdir(self._path):
-            self._type = 'dir'
-            self._all_fnames = {os.path.relpath(os.path.join(root, fname), start=self._path)
-                for root, _dirs, files in os.walk(self._path) for fname in files}
-        elif self._file_ext(self._path) == '.zip':
-            self._type = 'zip'
-            self._all_fnames = set(self._get_zipfile().namelist())
+    Args:
+        path:         Directory, or file whose lowercase extension is `.zip`.
+        resolution:   Expected image size; None accepts whatever image #0 has.
+        use_pyspng:   Decode PNG files with pyspng when it is installed (faster than Pillow).
+        super_kwargs: Options of `Dataset` (max_size, use_labels, xflip, random_seed, cache).
+
+    Problems with the data raise IOError, with one line naming the dataset and, where it
+    applies, the offending file.
+    """
+
+    LABELS_FILE = 'dataset.json'
+
+    def __init__(self, path, resolution=None, use_pyspng=True, **super_kwargs):
+        self._zipfile = None # Opened on first use, see _archive().
+        self._path, self._use_pyspng = path, use_pyspng
+        if os.path.isdir(path):
+            self._in_zip = False
+            members = [os.path.relpath(os.path.join(folder, fname), path) for folder, _subdirs, fnames in os.walk(path) for fname in fnames]
+        elif file_extension(path) == '.zip':
+            self._in_zip = True
+            members = self._archive().namelist()
         else:
-            raise IOError(f'{self._path}: dataset path must be a directory or a .zip file')
+            raise IOError(f'{path}: dataset path must be a directory or a .zip file')
+        self._members = set(members)
 
         PIL.Image.init()
-        self._image_fnames = sorted(fname for fname in self._all_fnames if self._file_ext(fname) in PIL.Image.EXTENSION)
-        if len(self._image_fnames) == 0:
-            raise IOError(f'{self._path}: no image files found in the dataset')
+        self._image_fnames = sorted(fname for fname in self._members if file_extension(fname) in PIL.Image.EXTENSION)
+        if not self._image_fnames:
+            raise IOError(f'{path}: no image files found in the dataset')
 
-        name = os.path.splitext(os.path.basename(self._path))[0]
-        image_shape = list(self._decode_image(self._image_fnames[0]).shape)
-        raw_shape = [len(self._image_fnames)] + image_shape
-        if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
-            raise IOError(f'{self._path}: images are {raw_shape[3]}x{raw_shape[2]}, which does not match '
-                f'the requested resolution {resolution}x{resolution}')
-        super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
+        channels, height, width = self._decode(self._image_fnames[0]).shape
+        if resolution is not None and (height, width) != (resolution, resolution):
+            raise IOError(f'{path}: images are {width}x{height}, which does not match '
+                          f'the requested resolution {resolution}x{resolution}')
+        name = os.path.splitext(os.path.basename(path))[0]
+        super().__init__(name=name, raw_shape=[len(self._image_fnames), channels, height, width], **super_kwargs)
 
-    @staticmethod
-    def _file_ext(fname):
-        return os.path.splitext(fname)[1].lower()
-
-    def _get_zipfile(self):
-        assert self._type == 'zip'
+    def _archive(self):
+        """The zip archive, opened on first use (again after close() or unpickling)."""
         if self._zipfile is None:
             if not os.path.isfile(self._path):
                 raise IOError(f'{self._path}: dataset zip file not found')
@@ -212,72 +243,67 @@ class ImageFolderDataset(Dataset):
                 raise IOError(f'{self._path}: not a valid zip file: {err}') from None
         return self._zipfile
 
-    def _open_file(self, fname):
-        if self._type == 'dir':
-            return open(os.path.join(self._path, fname), 'rb')
-        return self._get_zipfile().open(fname, 'r')
+    def _read(self, fname):
+        if self._in_zip:
+            return self._archive().read(fname)
+        with open(os.path.join(self._path, fname), 'rb') as f:
+            return f.read()
 
     def close(self):
-        try:
-            if self._zipfile is not None:
-                self._zipfile.close()
-        finally:
-            self._zipfile = None
+        zf, self._zipfile = self._zipfile, None
+        if zf is not None:
+            zf.close()
 
     def __getstate__(self):
-        return dict(super().__getstate__(), _zipfile=None) # Each worker reopens the zip.
+        state = super().__getstate__()
+        state['_zipfile'] = None # Not picklable; each worker reopens the archive.
+        return state
 
-    def _decode_image(self, fname):
-        """uint8 CHW array of one image file (formats.md section 1: no mode conversion)."""
+    def _decode(self, fname):
+        """Pixels of one image file as uint8 [C, H, W], without any mode conversion."""
         try:
-            with self._open_file(fname) as f:
-                if self._use_pyspng and pyspng is not None and self._file_ext(fname) == '.png':
-                    image = pyspng.load(f.read())
-                else:
-                    image = np.array(PIL.Image.open(f))
+            data = self._read(fname)
+            if self._use_pyspng and pyspng is not None and file_extension(fname) == '.png':
+                pixels = pyspng.load(data)
+            else:
+                pixels = np.array(PIL.Image.open(io.BytesIO(data)))
         except Exception as err:
             raise IOError(f'{self._path}: cannot decode image {fname}: {err}') from err
-        if image.dtype != np.uint8:
-            raise IOError(f'{self._path}: image {fname} has {image.dtype} pixels; only 8-bit images are supported')
-        if image.ndim == 2:
-            image = image[:, :, np.newaxis] # HW => HWC
-        return image.transpose(2, 0, 1) # HWC => CHW
+        if pixels.dtype != np.uint8:
+            raise IOError(f'{self._path}: image {fname} has {pixels.dtype} pixels; only 8-bit images are supported')
+        return np.moveaxis(np.atleast_3d(pixels), 2, 0) # Grayscale HW gets a channel axis; HWC => CHW.
 
     def _load_raw_image(self, raw_idx):
         fname = self._image_fnames[raw_idx]
-        image = self._decode_image(fname)
+        image = self._decode(fname)
         if list(image.shape) != self.image_shape:
-            raise IOError(f'{self._path}: image {fname} is {_describe(image.shape)}, but image '
-                f'{self._image_fnames[0]} is {_describe(self.image_shape)}; all images must have the same shape')
+            raise IOError(f'{self._path}: image {fname} is {describe_shape(image.shape)}, but image '
+                          f'{self._image_fnames[0]} is {describe_shape(self.image_shape)}; all images must have the same shape')
         return image
 
     def _load_raw_labels(self):
-        fname = 'dataset.json'
-        if fname not in self._all_fnames:
+        if self.LABELS_FILE not in self._members:
             return None
         try:
-            with self._open_file(fname) as f:
-                labels = json.load(f)['labels']
-            if labels is None:
-                return None
-            labels = dict(labels) # [[name, label], ...] => {name: label}
+            entries = json.loads(self._read(self.LABELS_FILE))['labels']
+            by_name = None if entries is None else dict(entries)
         except (ValueError, KeyError, TypeError) as err:
-            raise IOError(f'{self._path}: cannot read labels from {fname}: {err!r}') from None
-        missing = [name for name in self._image_fnames if name.replace('\\', '/') not in labels]
-        if missing:
-            raise IOError(f'{self._path}: {fname} has no label for image {missing[0]} ({len(missing)} images lack one)')
+            raise IOError(f'{self._path}: cannot read labels from {self.LABELS_FILE}: {err!r}') from None
+        if by_name is None:
+            return None
+
+        # Labels are keyed by paths with forward slashes, whatever the OS separator.
+        keys = [fname.replace('\\', '/') for fname in self._image_fnames]
+        unlabelled = [fname for fname, key in zip(self._image_fnames, keys) if key not in by_name]
+        if unlabelled:
+            raise IOError(f'{self._path}: {self.LABELS_FILE} has no label for image {unlabelled[0]} '
+                          f'({len(unlabelled)} images lack one)')
         try:
-            labels = np.array([labels[name.replace('\\', '/')] for name in self._image_fnames])
+            labels = np.array([by_name[key] for key in keys])
         except ValueError: # Vectors of different lengths.
             labels = None
-        valid = labels is not None and labels.dtype.kind in 'iuf' and labels.ndim in (1, 2)
-        if not valid or (labels.ndim == 1 and np.any(labels < 0)):
-            raise IOError(f'{self._path}: labels in {fname} must be class indices >= 0 or vectors of equal length')
-        return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
-
-def _describe(chw):
-    """'WxH, C channel(s)' for a CHW shape, as used in error messages."""
-    c, h, w = chw
-    return f'{w}x{h} with {c} channel' + ('s' if c != 1 else '')
+        if labels is None or labels.dtype.kind not in 'iuf' or labels.ndim not in (1, 2) or (labels.ndim == 1 and labels.min() < 0):
+            raise IOError(f'{self._path}: labels in {self.LABELS_FILE} must be class indices >= 0 or vectors of equal length')
+        return labels.astype(np.int64 if labels.ndim == 1 else np.float32)
 
 #----------------------------------------------------------------------------
