@@ -1,4 +1,4 @@
-"""AugmentPipe (spec training.md section 2) against the original's golden outputs (golden README
+"""AugmentPipe (the non-leaking augmentation of the paper's Appendix) against the original's golden outputs (golden README
 sections 5 and 9) and against the transform definitions themselves."""
 
 import copy
@@ -12,7 +12,7 @@ import torch
 from training import augment
 from training.augment import AugmentPipe
 
-# train.py's configuration (spec 2.1), without p.
+# train.py's configuration, without p.
 TRAIN_KWARGS = dict(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
 ALL_KWARGS = dict(xflip=1, yflip=1, rotate_int=1, translate_int=1, scale=1, rotate_frac=1, aniso=1,
                   translate_frac=1, brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
@@ -49,7 +49,7 @@ def test_golden_covers_every_case(golden_augment):
     assert sorted(meta) == sorted(GOLDEN_CASES)
 
 #----------------------------------------------------------------------------
-# Constructor and label layout with train.py's settings (spec 2.1, 2.2).
+# Constructor and label layout with train.py's settings.
 
 def test_constructor_stores_floats():
     pipe = AugmentPipe(p=0.12, **TRAIN_KWARGS)
@@ -110,11 +110,11 @@ def test_p0_draws_but_applies_nothing():
     run(pipe, images, seed=3)
     assert torch.equal(torch.rand(4), expected_next)
     assert torch.all(labels == 0)
-    # The resampling still runs (structural condition, spec 2.3): identity up to filter error.
+    # The resampling still runs (the geometric transforms are applied as one warp): identity up to filter error.
     assert (out - images).abs().max() < 1e-5
 
 #----------------------------------------------------------------------------
-# Transform semantics (spec 2.2), each checked with a pipe that enables only that transform.
+# Transform semantics, each checked with a pipe that enables only that transform.
 
 def test_pixel_blitting_flips():
     images = torch.randn([64, 3, 5, 7])
@@ -149,7 +149,7 @@ def test_translate_int_shifts_with_mirror_padding():
     for i in range(N):
         for y in range(H):
             for x in range(W):
-                xs, ys = x - int(tx[i]), y + int(ty[i])  # Source pixel (spec 2.2, #4).
+                xs, ys = x - int(tx[i]), y + int(ty[i])  # Source pixel of the integer translation.
                 xs = -xs if xs < 0 else (2 * W - 2 - xs if xs >= W else xs)
                 ys = -ys if ys < 0 else (2 * H - 2 - ys if ys >= H else ys)
                 assert torch.equal(out[i, :, y, x], images[i, :, ys, xs])
@@ -163,13 +163,13 @@ def centred_coords(H, W):
 
 @pytest.mark.parametrize('kind', ['rotate_frac', 'scale', 'translate_frac', 'aniso'])
 def test_geometric_transform_maps_output_to_input_coordinates(kind):
-    """The output pixel at centred position q shows the input at G q (spec 2.2, G is the inverse map)."""
+    """The output pixel at centred position q shows the input at G q (G is the inverse map)."""
     N, R = 8, 32
     x, y = centred_coords(R, R)
     images = smooth_pattern(x, y).expand(N, 1, R, R).contiguous()
     out, labels = run(AugmentPipe(**{kind: 1}), images, seed=5)
     if kind == 'aniso':
-        # The labels (w cos r, w sin r) do not fix the sign of w, so replay the draws (spec 2.2, #7).
+        # The labels (w cos r, w sin r) do not fix the sign of w, so replay the draws.
         torch.manual_seed(5)
         w_all, r_all = torch.randn([N]), (torch.rand([N]) * 2 - 1) * np.pi
         torch.rand([N])
@@ -281,7 +281,7 @@ def test_cuda_tensors():
     torch.testing.assert_close(out_gpu.cpu(), out_cpu, atol=1e-5, rtol=0)
 
 #----------------------------------------------------------------------------
-# Snapshot compatibility (persistence.md 6-7).
+# Snapshot compatibility: the pipe pickles with its constructor arguments.
 
 def test_pickle_and_deepcopy_round_trip():
     pipe = AugmentPipe(p=0.12, **TRAIN_KWARGS)

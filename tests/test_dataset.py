@@ -1,4 +1,4 @@
-"""training/dataset.py: Dataset / ImageFolderDataset (training.md section 3, formats.md section 1)."""
+"""training/dataset.py: Dataset / ImageFolderDataset (zip or folder of PNGs with an optional dataset.json of labels)."""
 
 import json
 import os

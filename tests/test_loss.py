@@ -1,4 +1,4 @@
-"""VPLoss, VELoss and EDMLoss (spec training.md section 1) against the original's golden outputs
+"""VPLoss, VELoss and EDMLoss (paper Table 1, "Training") against the original's golden outputs
 (golden README sections 4 and 9) and against their sigma distributions and weights."""
 
 import copy
@@ -102,7 +102,7 @@ def test_matches_golden(case, weights, golden_loss, build_net):
     np.testing.assert_array_equal(rand4_after.numpy(), ref['global_rand4_after'])
 
 #----------------------------------------------------------------------------
-# Sigma distributions and weights (spec section 1), with a stub network D = 0. With images of
+# Sigma distributions and weights (paper Table 1), with a stub network D = 0. With images of
 # ones the loss is then lambda(sigma) * 1 per element.
 
 def zero_net(x, sigma, labels, augment_labels=None):
@@ -166,7 +166,7 @@ def test_vp_sigma_function():
     t = torch.tensor([1e-5, 1e-3, 0.1, 0.5, 1.0], dtype=torch.float64)
     expected = ((0.5 * 19.9 * t ** 2 + 0.1 * t).exp() - 1).sqrt()
     torch.testing.assert_close(loss_fn.sigma(t), expected, rtol=1e-12, atol=0)
-    # float32 values of the training path; sigma(1) is VPPrecond's sigma_max (spec README).
+    # float32 values of the training path; sigma(1) is VPPrecond's sigma_max.
     assert abs(loss_fn.sigma(1.0).item() - 152.16698) < 1e-4
     assert loss_fn.sigma(torch.tensor(1e-5)).dtype == torch.float32
     custom = VPLoss(beta_d=5, beta_min=1, epsilon_t=0.2)
@@ -175,7 +175,7 @@ def test_vp_sigma_function():
     assert t.min() > 0.2 - 1e-5 and t.max() <= 1 + 1e-5 and abs(t.mean().item() - 0.6) < 0.01
 
 #----------------------------------------------------------------------------
-# Call protocol (spec section 1, steps 1-6; golden README 9).
+# Call protocol: the order of the random draws (golden README 9).
 
 @pytest.mark.parametrize('loss_class', [EDMLoss, VPLoss, VELoss])
 def test_draw_order_and_augmented_target(loss_class):
@@ -218,7 +218,7 @@ def test_gradient_flows_to_the_network():
     assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
 
 #----------------------------------------------------------------------------
-# Snapshot compatibility (persistence.md 6-7).
+# Snapshot compatibility: losses pickle with their constructor arguments.
 
 @pytest.mark.parametrize('loss_fn', [EDMLoss(), VPLoss(beta_d=10, beta_min=0.2, epsilon_t=1e-3), VELoss(sigma_min=0.01, sigma_max=50)])
 def test_pickle_and_deepcopy_round_trip(loss_fn):

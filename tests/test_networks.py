@@ -1,4 +1,4 @@
-"""Networks and preconditioners against the spec listings and the golden data of the original
+"""Networks and preconditioners against the parameter listing and the golden data of the original
 (golden README section 2)."""
 
 import hashlib
@@ -99,7 +99,7 @@ def golden_calls(data, label_dim, augment):
           channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=128, channel_mult=[2,2,2]), 56_397_827),
 ])
 def test_cifar10_parameter_counts(arch, expected):
-    """train.py presets for CIFAR-10 (networks.md 10); meta tensors make this instant."""
+    """train.py presets for CIFAR-10 (as in the paper's CIFAR-10 runs); meta tensors make this instant."""
     with torch.device('meta'):
         net = networks.EDMPrecond(img_resolution=32, img_channels=3, label_dim=0, augment_dim=9, dropout=0.13, **arch)
     assert sum(p.numel() for p in net.parameters()) == expected
@@ -209,13 +209,13 @@ def test_vp_sigma_functions_match_golden(config, golden):
     np.testing.assert_allclose(net.sigma_inv(torch.as_tensor(data['vp/sigma'])).numpy(), data['vp/sigma_inv'], rtol=1e-6)
 
 def test_positional_embedding_check_value():
-    """networks.md 6: C=8, endpoint=True, x=1."""
+    """Positional embedding with C=8, endpoint=True at x=1."""
     emb = networks.PositionalEmbedding(8, endpoint=True)(torch.ones(1))
     expected = [0.540302, 0.998923, 0.999998, 1.0, 0.841471, 0.046399, 0.0021544, 0.0001]
     np.testing.assert_allclose(emb[0].numpy(), expected, rtol=1e-4, atol=1e-7)
 
 def test_resampling_equals_pooling_and_nearest():
-    """networks.md 3: down with [1,1] is 2x2 average pooling; up with [1,1] is nearest x2."""
+    """Down with [1,1] is 2x2 average pooling; up with [1,1] is nearest x2."""
     x = torch.randn(2, 3, 8, 8)
     down = networks.Conv2d(3, 3, kernel=0, down=True)
     up = networks.Conv2d(3, 3, kernel=0, up=True)

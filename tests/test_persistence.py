@@ -1,4 +1,4 @@
-"""The persistence pickle format (spec persistence.md): reload without the defining module,
+"""The persistence pickle format (the module source travels in the pickle): reload without the defining module,
 deepcopy, the original's hand-built format, and compatibility constraints of embedded modules."""
 
 import ast
