@@ -1,5 +1,5 @@
 """Convert an image collection into the dataset format read by training and FID: a zip archive or
-a folder of `NNNNN/imgNNNNNNNN.png` files plus `dataset.json` (cli.md section 4, formats.md section 1)."""
+a folder of `NNNNN/imgNNNNNNNN.png` files plus `dataset.json`."""
 
 import contextlib
 import gzip
@@ -10,8 +10,10 @@ import pickle
 import re
 import shutil
 import tarfile
+import tempfile
 import uuid
 import zipfile
+import zlib
 from pathlib import Path
 
 import click
@@ -25,7 +27,7 @@ import dnnlib
 # Small helpers.
 
 def parse_tuple(s):
-    """'512x384' or '512,384' => (512, 384), the --resolution WxH parser (cli.md section 4.1)."""
+    """'512x384' or '512,384' => (512, 384), the parser of --resolution WxH."""
     if s is None or isinstance(s, tuple):
         return s
     match = re.fullmatch(r'(\d+)[x,](\d+)', s)
@@ -48,7 +50,7 @@ def decode_image(file, name):
         raise click.ClickException(f'{name}: cannot decode image: {err}') from None
 
 #----------------------------------------------------------------------------
-# Sources (cli.md section 4.2). Each opener returns (number of images to read, iterator) where
+# Sources. Each opener returns (number of images to read, iterator) where
 # the iterator yields EasyDict(img=HWC/HW uint8 array, label=int/list/None, name=source name).
 
 def open_image_folder(source_dir, *, max_images):
@@ -56,18 +58,20 @@ def open_image_folder(source_dir, *, max_images):
     input_images = [f for f in sorted(Path(source_dir).rglob('*')) if is_image_ext(f) and f.is_file()]
     arch_fnames = {f: os.path.relpath(f, source_dir).replace('\\', '/') for f in input_images}
 
+    max_idx = maybe_min(len(input_images), max_images)
+
     # Labels: dataset.json at the root, else the top-level folder names if there are at least two.
     labels = {}
     meta_fname = os.path.join(source_dir, 'dataset.json')
     if os.path.isfile(meta_fname):
-        labels = read_source_labels(open(meta_fname, 'rb'), meta_fname)
+        labels = read_source_labels(Path(meta_fname).read_bytes, meta_fname)
+        require_every_label(labels, [arch_fnames[f] for f in input_images[:max_idx]], meta_fname)
     if not labels:
         toplevel_names = {arch: (arch.split('/')[0] if '/' in arch else '') for arch in arch_fnames.values()}
         toplevel_indices = {name: idx for idx, name in enumerate(sorted(set(toplevel_names.values())))}
         if len(toplevel_indices) > 1:
             labels = {arch: toplevel_indices[name] for arch, name in toplevel_names.items()}
 
-    max_idx = maybe_min(len(input_images), max_images)
     def iterate_images():
         for fname in input_images[:max_idx]:
             arch = arch_fnames[fname]
@@ -78,8 +82,12 @@ def open_image_zip(source, *, max_images):
     PIL.Image.init()
     with open_zip(source) as z:
         input_images = [name for name in sorted(z.namelist()) if is_image_ext(name)]
-        labels = read_source_labels(z.open('dataset.json'), f'{source}:dataset.json') if 'dataset.json' in z.namelist() else {}
-    max_idx = maybe_min(len(input_images), max_images)
+        max_idx = maybe_min(len(input_images), max_images)
+        labels = {}
+        if 'dataset.json' in z.namelist():
+            meta_name = f'{source}:dataset.json'
+            labels = read_source_labels(lambda: z.read('dataset.json'), meta_name)
+            require_every_label(labels, input_images[:max_idx], meta_name)
     def iterate_images():
         with open_zip(source) as z:
             for name in input_images[:max_idx]:
@@ -94,14 +102,22 @@ def open_zip(source):
     except zipfile.BadZipFile as err:
         raise click.ClickException(f'{source}: not a valid zip file: {err}') from None
 
-def read_source_labels(file, name):
-    """{relative path: label} from a source dataset.json; {} when its labels are null."""
+def read_source_labels(read_bytes, name):
+    """{relative path: label} from a source dataset.json (its bytes come from `read_bytes()`);
+    {} when its labels are null."""
     try:
-        with file:
-            labels = json.load(file)['labels']
+        labels = json.loads(read_bytes())['labels']
         return {} if labels is None else dict(labels)
-    except (ValueError, KeyError, TypeError) as err:
-        raise click.ClickException(f'{name}: expected {{"labels": [[path, label], ...]}} or {{"labels": null}}: {err!r}') from None
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as err:
+        raise click.ClickException(f'{name}: expected {{"labels": [[path, label], ...]}} or {{"labels": null}}; '
+            f'{dnnlib.util.error_summary(err)}') from None
+
+def require_every_label(labels, names, meta_name):
+    """A dataset.json that labels some images but not others is a mistake, not an unlabelled dataset."""
+    unlabelled = [name for name in names if name not in labels]
+    if labels and unlabelled:
+        raise click.ClickException(f'{meta_name}: no label for image "{unlabelled[0]}" ({len(unlabelled)} of {len(names)} '
+            'unlabelled); label every image or write {"labels": null}')
 
 def open_array_images(images, labels, *, max_images, name):
     """Images and labels held in memory (CIFAR-10, MNIST)."""
@@ -155,8 +171,8 @@ def read_idx(path, magic, ndim):
     try:
         with gzip.open(path, 'rb') as f:
             raw = f.read()
-    except OSError as err:
-        raise click.ClickException(f'{path}: cannot read: {err}') from None
+    except (OSError, EOFError, zlib.error) as err: # EOFError: a cut-off gzip stream
+        raise click.ClickException(f'{path}: cannot read: {dnnlib.util.error_summary(err)}') from None
     header = np.frombuffer(raw[:4 * (ndim + 1)], dtype='>i4') if len(raw) >= 4 * (ndim + 1) else None
     if header is None or header[0] != magic or int(np.prod(header[1:])) != len(raw) - 4 * (ndim + 1):
         raise click.ClickException(f'{path}: not an idx{ndim} file of unsigned bytes')
@@ -185,8 +201,11 @@ def open_lmdb(lmdb_dir, *, max_images):
     except ImportError as err:
         raise click.ClickException(f'{lmdb_dir}: reading an LMDB source needs the lmdb and opencv-python packages ({err})') from None
 
-    with lmdb.open(lmdb_dir, readonly=True, lock=False).begin(write=False) as txn:
-        max_idx = maybe_min(txn.stat()['entries'], max_images)
+    try:
+        with lmdb.open(lmdb_dir, readonly=True, lock=False).begin(write=False) as txn:
+            max_idx = maybe_min(txn.stat()['entries'], max_images)
+    except lmdb.Error as err:
+        raise click.ClickException(f'{lmdb_dir}: not a readable LMDB database: {dnnlib.util.error_summary(err)}') from None
 
     def decode(value):
         img = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), 1)
@@ -208,7 +227,8 @@ def open_lmdb(lmdb_dir, *, max_images):
     return max_idx, iterate_images()
 
 def open_dataset(source, *, max_images):
-    """Pick the reader by the kind of `source` (cli.md section 4.2, in the order given there)."""
+    """Pick the reader by the kind of `source`: an *_lmdb folder, any other folder, the CIFAR-10
+    archive, an MNIST idx file, a zip archive."""
     if os.path.isdir(source):
         if source.rstrip('/').endswith('_lmdb'):
             return open_lmdb(source, max_images=max_images)
@@ -221,12 +241,12 @@ def open_dataset(source, *, max_images):
             return open_mnist(source, max_images=max_images)
         if basename.lower().endswith('.zip'):
             return open_image_zip(source, max_images=max_images)
-        raise click.ClickException(f'{source}: unknown source type; expected a folder, a .zip, cifar-10-python.tar.gz, '
+        raise click.ClickException(f'--source {source}: unknown source type; expected a folder, a .zip, cifar-10-python.tar.gz, '
             'a *-images-idx3-ubyte.gz file or a *_lmdb folder')
-    raise click.ClickException(f'Missing input file or directory: {source}')
+    raise click.ClickException(f'--source: Missing input file or directory: {source}')
 
 #----------------------------------------------------------------------------
-# Transforms (cli.md section 4.3) on HWC/HW uint8 arrays; None means "skip this image".
+# Transforms on HWC/HW uint8 arrays; None means "skip this image".
 
 def resize(img, width, height):
     return np.array(PIL.Image.fromarray(img).resize((width, height), PIL.Image.Resampling.LANCZOS))
@@ -267,10 +287,12 @@ def make_transform(transform, output_width, output_height):
     return {'center-crop': center_crop, 'center-crop-wide': center_crop_wide}[transform]
 
 #----------------------------------------------------------------------------
-# Destination (cli.md section 4.4), written atomically: a temporary zip or folder beside `dest`
-# is renamed onto it at the end; on any error nothing is left behind.
+# Destination, written atomically: a temporary zip or folder `.NAME.tmp-XXXXXXXX` beside `dest`
+# is renamed onto it at the end; on any error it is removed, and one left by a killed run is
+# removed by the next run to the same `dest`.
 
 def check_dest(dest):
+    """Refuse an unusable --dest before any input is read."""
     if dest == '':
         raise click.ClickException('--dest output filename or directory must not be an empty string')
     if is_zip_dest(dest):
@@ -281,9 +303,42 @@ def check_dest(dest):
             raise click.ClickException(f'--dest folder {dest} must be empty')
     elif os.path.exists(dest):
         raise click.ClickException(f'--dest {dest} exists and is not a folder')
+    check_writable(dest)
+
+def check_writable(dest):
+    """The temporary output and the missing parent folders of `dest` are made in its nearest
+    existing ancestor folder: an anonymous temporary file there proves that this is allowed,
+    without leaving anything behind."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise click.ClickException(f'--dest: cannot write to "{dest}" ({folder} is a file, not a folder)')
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise click.ClickException(f'--dest: cannot write to "{dest}" ({err.strerror or err})') from None
 
 def is_zip_dest(dest):
     return dest.lower().endswith('.zip')
+
+def temp_name_pattern(dest):
+    """Names of the temporaries of `dest`: `.NAME.tmp-` and 8 hex digits, as dnnlib.util.atomic_write
+    names its files and open_dest its folders."""
+    return re.compile(rf'\.{re.escape(os.path.basename(os.path.abspath(dest)))}\.tmp-[0-9a-f]{{8}}')
+
+def remove_stale_temporaries(dest):
+    """Delete the temporaries beside `dest` that an earlier run, killed while writing, left behind."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    pattern = temp_name_pattern(dest)
+    for entry in os.scandir(folder):
+        if pattern.fullmatch(entry.name):
+            click.echo(f'Removing {entry.path}, left behind by an interrupted run', err=True)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
 
 @contextlib.contextmanager
 def open_dest(dest):
@@ -297,6 +352,7 @@ def open_dest(dest):
     except OSError as err:
         raise click.ClickException(f'cannot create the folder for --dest {dest}: {err}') from None
     try:
+        remove_stale_temporaries(dest)
         if is_zip_dest(dest):
             with dnnlib.util.atomic_write(dest) as temp_path:
                 with zipfile.ZipFile(temp_path, 'w', compression=zipfile.ZIP_STORED) as zf:
@@ -326,7 +382,7 @@ def write_file(path, data):
 # Conversion.
 
 def check_first_image(width, height, channels):
-    """The dataset must be square, power-of-two sized, RGB or grayscale (cli.md section 4.4)."""
+    """The dataset must be square, power-of-two sized, RGB or grayscale."""
     if width != height:
         raise click.ClickException(f'Image dimensions after scale and crop are required to be square.  Got {width}x{height}')
     if channels not in [1, 3]:
@@ -385,7 +441,7 @@ def main(source, dest, max_images, transform, resolution):
     check_dest(dest)
     num_files, input_iter = open_dataset(source, max_images=max_images)
     if num_files == 0:
-        raise click.ClickException(f'{source}: no input images found')
+        raise click.ClickException(f'--source {source}: no input images found')
     transform_image = make_transform(transform, *(resolution or (None, None)))
 
     dataset_attrs = None
@@ -398,7 +454,7 @@ def main(source, dest, max_images, transform, resolution):
             if img is None: # Skipped by center-crop-wide; the index stays used.
                 continue
 
-            # All images must agree with the first (cli.md section 4.4 "uniformity checks").
+            # All images must agree with the first in size and channel count.
             cur_attrs = dict(width=img.shape[1], height=img.shape[0], channels=img.shape[2] if img.ndim == 3 else 1)
             if dataset_attrs is None:
                 dataset_attrs = cur_attrs

@@ -80,7 +80,10 @@ def int_ranges(values):
 
 #----------------------------------------------------------------------------
 # Training for a time budget: train.py is stopped with SIGTERM (its pre-emption path writes a
-# snapshot and a training state at the current step); a rerun resumes from the run directory.
+# snapshot and a training state at the current step, then exits with status 143, 128 + SIGTERM);
+# a rerun resumes from the run directory.
+
+STOPPED_BY_SIGTERM = 128 + signal.SIGTERM # train.py's exit status after a stop with its state saved
 
 def stats_lines(run_dir):
     path = os.path.join(run_dir, 'stats.jsonl')
@@ -129,8 +132,8 @@ def train_for(run_dir, dataset_zip, minutes):
         except KeyboardInterrupt: # Ctrl+C reaches train.py too; let it save its state.
             proc.wait()
             raise
-        if proc.returncode != 0:
-            raise click.ClickException(f'train.py failed (exit code {proc.returncode}); see {run_dir}/log.txt')
+        if proc.returncode not in (0, STOPPED_BY_SIGTERM): # Finished, or stopped at the deadline.
+            raise click.ClickException(f'train.py failed (exit code {proc.returncode}); see its message above')
     stats = stats_lines(run_dir) # The budget is all time spent training, interrupted attempts included.
     kimg = stats[-1]['Progress/kimg']['mean']
     snapshots = sorted(name for name in os.listdir(run_dir) if re.fullmatch(r'network-snapshot-\d+\.pkl', name))

@@ -28,7 +28,7 @@ def golden_network(golden, weights):
     return net.eval().requires_grad_(False)
 
 def write_snapshot(net, path):
-    """A network snapshot as train.py writes it (formats.md 2), pickled in the persistence format."""
+    """A network snapshot as train.py writes it (a dict with ema, loss_fn, augment_pipe, dataset_kwargs), pickled in the persistence format."""
     with open(path, 'wb') as f:
         pickle.dump(dict(ema=net, loss_fn=None, augment_pipe=None, dataset_kwargs={}), f)
     return path

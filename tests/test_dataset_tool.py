@@ -1,5 +1,6 @@
-"""dataset_tool.py (cli.md section 4): golden runs of the original, the deliberate improvements,
-one-line errors without partial output, and the AFHQv2 / FFHQ preparation workflows."""
+"""dataset_tool.py: golden runs of the original, the deliberate improvements, one-line errors
+without partial output, cleanup after an interrupted run, and the AFHQv2 / FFHQ preparation
+workflows."""
 
 import gzip
 import hashlib
@@ -8,9 +9,12 @@ import json
 import os
 import pathlib
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import types
 import zipfile
 
@@ -115,7 +119,7 @@ def golden_cli_args(run, golden, out, t10k256_folder):
 
 def golden_run_names():
     """Run names, read at collection time; if the golden data is missing, the `golden` fixture fails."""
-    path = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'dataset_tool' / 'dataset_tool_runs.json'
+    path = pathlib.Path(__file__).resolve().parent / 'golden' / 'dataset_tool' / 'dataset_tool_runs.json'
     return list(json.loads(path.read_text())) if path.is_file() else ['golden-data-missing']
 
 @pytest.mark.parametrize('name', golden_run_names())
@@ -439,3 +443,126 @@ def test_cli_subprocess_exit_code(src, tmp_path, repo):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == 'Error: Image width/height after scale and crop are required to be power-of-two'
     assert listing(tmp_path) == ['src']
+
+#----------------------------------------------------------------------------
+# Unwritable destinations: refused before any input image is read, nothing created.
+
+@pytest.mark.parametrize('dest', ['a_file.txt/d.zip', 'a_file.txt/sub/d', '/proc/edm-test/d.zip'])
+def test_error_dest_unwritable(src, tmp_path, dest):
+    (src / 'c.png').write_bytes(b'broken') # reading the images would fail first
+    (tmp_path / 'a_file.txt').write_text('keep me')
+    dest = dest if dest.startswith('/') else tmp_path / dest
+    line = error_line(run_tool(f'--source={src}', f'--dest={dest}'))
+    assert line.startswith(f'Error: --dest: cannot write to "{dest}" (')
+    assert listing(tmp_path) == ['a_file.txt', 'src'] and not os.path.exists('/proc/edm-test')
+
+def without_root_privileges(command):
+    """`command` run so that folder permissions apply: as it is for a normal user; for root, with
+    the capabilities that bypass them dropped (needs setpriv); None when that is impossible."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which('setpriv') is None:
+        return None
+    caps = '-dac_override,-dac_read_search'
+    return ['setpriv', f'--bounding-set={caps}', f'--inh-caps={caps}', '--'] + command
+
+@pytest.mark.parametrize('dest', ['d.zip', 'sub/d'])
+def test_error_dest_in_read_only_folder(src, tmp_path, repo, dest):
+    readonly = tmp_path / 'readonly'
+    readonly.mkdir()
+    command = without_root_privileges([sys.executable, str(repo / 'dataset_tool.py'), f'--source={src}', f'--dest={readonly / dest}'])
+    if command is None:
+        pytest.skip('running as root without setpriv: folder permissions cannot be enforced')
+    readonly.chmod(0o555)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True)
+    finally:
+        readonly.chmod(0o755)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f'Error: --dest: cannot write to "{readonly / dest}" (Permission denied)']
+    assert listing(readonly) == []
+
+#----------------------------------------------------------------------------
+# Labels of a source dataset.json: all or none.
+
+def test_error_partially_labelled_source(src, tmp_path):
+    save_images(src, ['c.png', 'd.png'], size=16)
+    (src / 'dataset.json').write_text(json.dumps({'labels': [['a.png', 0], ['c.png', 1]]}))
+    line = error_line(run_tool(f'--source={src}', f'--dest={tmp_path / "o.zip"}'))
+    assert line == f'Error: {src / "dataset.json"}: no label for image "b.png" (2 of 4 unlabelled); label every image or write {{"labels": null}}'
+    # --max-images limits the check to the images read.
+    assert run_tool(f'--source={src}', f'--dest={tmp_path / "o.zip"}', '--max-images=1').exit_code == 0
+    assert json.loads(zipfile.ZipFile(tmp_path / 'o.zip').read('dataset.json')) == {'labels': [['00000/img00000000.png', 0]]}
+
+def test_error_partially_labelled_zip_source(src, tmp_path):
+    with zipfile.ZipFile(tmp_path / 'src.zip', 'w') as z:
+        for name in ['a.png', 'b.png']:
+            z.write(src / name, arcname=f'x/{name}')
+        z.writestr('dataset.json', json.dumps({'labels': [['x/b.png', 3]]}))
+    line = error_line(run_tool(f'--source={tmp_path / "src.zip"}', f'--dest={tmp_path / "o.zip"}'))
+    assert f'{tmp_path / "src.zip"}:dataset.json: no label for image "x/a.png"' in line
+    assert listing(tmp_path) == ['src', 'src.zip']
+
+@pytest.mark.parametrize('text', ['{"labels": [[', '[1, 2]', '{"label": null}', '{"labels": 5}', '\xff\xfe'])
+def test_error_malformed_dataset_json(src, tmp_path, text):
+    (src / 'dataset.json').write_bytes(text.encode('latin1'))
+    line = error_line(run_tool(f'--source={src}', f'--dest={tmp_path / "o.zip"}'))
+    assert line.startswith(f'Error: {src / "dataset.json"}: expected {{"labels": [[path, label], ...]}} or {{"labels": null}}; ')
+    assert listing(tmp_path) == ['src']
+
+def test_error_cut_off_gzip_idx(tmp_path):
+    write_idx(tmp_path / 'a-images-idx3-ubyte.gz', np.zeros([50, 28, 28]), 0x803)
+    write_idx(tmp_path / 'a-labels-idx1-ubyte.gz', np.zeros([50]), 0x801)
+    data = (tmp_path / 'a-images-idx3-ubyte.gz').read_bytes()
+    (tmp_path / 'a-images-idx3-ubyte.gz').write_bytes(data[:len(data) // 2])
+    line = error_line(run_tool(f'--source={tmp_path / "a-images-idx3-ubyte.gz"}', f'--dest={tmp_path / "o.zip"}'))
+    assert line.startswith(f'Error: {tmp_path / "a-images-idx3-ubyte.gz"}: cannot read: EOFError')
+
+#----------------------------------------------------------------------------
+# Temporaries of an interrupted run: never mistaken for output, removed by the next run.
+
+@pytest.mark.parametrize('dest', ['out.zip', 'out'])
+def test_stale_temporaries_removed(src, tmp_path, dest):
+    stale = tmp_path / f'.{dest}.tmp-0123abcd'
+    if dest.endswith('.zip'):
+        stale.write_bytes(b'PK partial zip' * 1000)
+    else:
+        save_images(stale, ['00000/img00000000.png'], size=16)
+    unrelated = [f'.{dest}.tmp-notmine', f'.other.zip.tmp-0123abcd', f'.{dest}.tmp-0123abcd5', f'x{dest}.tmp-0123abcd']
+    for name in unrelated:
+        (tmp_path / name).write_text('keep me')
+    result = run_tool(f'--source={src}', f'--dest={tmp_path / dest}')
+    assert result.exit_code == 0, result.output
+    assert f'Removing {stale}, left behind by an interrupted run' in result.output
+    assert listing(tmp_path) == sorted([dest, 'src'] + unrelated)
+    names, read = read_output(tmp_path / dest)
+    assert names == ['00000/img00000000.png', '00000/img00000001.png', 'dataset.json']
+    np.testing.assert_array_equal(decode_png(read(names[1])), np.array(PIL.Image.open(src / 'b.png')))
+
+def test_killed_while_writing_then_rerun(tmp_path, repo):
+    """SIGKILL in the middle of writing: only the hidden temporary exists, never the zip itself; the
+    next run to the same --dest removes it and writes a complete zip."""
+    count = 60000
+    write_idx(tmp_path / 'big-images-idx3-ubyte.gz', np.zeros([count, 28, 28]), 0x803)
+    write_idx(tmp_path / 'big-labels-idx1-ubyte.gz', np.arange(count) % 10, 0x801)
+    source, dest = tmp_path / 'big-images-idx3-ubyte.gz', tmp_path / 'out' / 'big.zip'
+    proc = subprocess.Popen([sys.executable, str(repo / 'dataset_tool.py'), f'--source={source}', f'--dest={dest}'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        temporaries = list((tmp_path / 'out').glob('.big.zip.tmp-*')) if (tmp_path / 'out').is_dir() else []
+        if temporaries and temporaries[0].stat().st_size > 100000:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the conversion ended before it could be killed'
+    leftovers = listing(tmp_path / 'out')
+    assert len(leftovers) == 1 and leftovers[0].startswith('.big.zip.tmp-') and not dest.exists()
+
+    result = run_tool(f'--source={source}', f'--dest={dest}', '--max-images=16')
+    assert result.exit_code == 0, result.output
+    assert listing(tmp_path / 'out') == ['big.zip']
+    names, read = read_output(dest)
+    assert len(names) == 17 and names[-1] == 'dataset.json'
+    assert json.loads(read('dataset.json'))['labels'][15] == ['00000/img00000015.png', 5]

@@ -95,7 +95,7 @@ def test_fid_formula_golden(fid_golden, case):
     if case == 'formula_dim64': # The stored float64 inputs are rebuilt bit for bit.
         np.testing.assert_array_equal(sigma1, g[f'{case}/sigma1'])
         np.testing.assert_array_equal(mu2, g[f'{case}/mu2'])
-    value = fid_stats.calculate_fid_from_inception_stats(mu1, sigma1, mu2, sigma2)
+    value = fid_stats.fid_from_stats(mu1, sigma1, mu2, sigma2)
     expected = meta['formula'][case.split('_')[1]]['fid']
     assert isinstance(value, float)
     assert abs(value - expected) <= 1e-9 * abs(expected)
@@ -111,7 +111,7 @@ def test_fid_formula_order_and_real_part():
     root1 = (v1 * np.sqrt(w1)) @ v1.T
     cross = np.sqrt(np.linalg.eigvalsh(root1 @ s2 @ root1)).sum() # tr sqrt(s1 s2) via a symmetric form.
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * cross
-    assert fid_stats.calculate_fid_from_inception_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+    assert fid_stats.fid_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
 
 #----------------------------------------------------------------------------
 # Detector and preprocessing (section 3.1).
@@ -156,12 +156,40 @@ class FakeNvidiaDetector(torch.nn.Module):
         assert return_features and images.dtype == torch.uint8
         return images.to(torch.float32).flatten(1)[:, :2048]
 
-def test_pickled_detector_is_called_for_features(tmp_path):
+def test_pickled_detector_is_called_for_features(tmp_path, monkeypatch):
+    monkeypatch.setenv('EDM_ALLOW_PICKLE_CODE', '1') # A local pickle whose code runs only on this opt-in.
     path = tmp_path / 'inception-2015-12-05.pkl'
     path.write_bytes(pickle.dumps(FakeNvidiaDetector()))
     detector = inception.load_detector(str(path), verbose=False)
     images = torch.randint(0, 256, [2, 3, 32, 32], dtype=torch.uint8)
     assert torch.equal(detector(images), images.to(torch.float32).flatten(1)[:, :2048])
+
+class Planted:
+    """Unpickling this creates the file `marker`: a stand-in for code hidden in a pickle."""
+    def __init__(self, marker):
+        self.marker = marker
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+def test_detector_pickle_code_runs_only_when_trusted(tmp_path, monkeypatch):
+    monkeypatch.delenv('EDM_ALLOW_PICKLE_CODE', raising=False)
+    planted, fake = tmp_path / 'planted.pkl', tmp_path / 'inception-2015-12-05.pkl'
+    planted.write_bytes(pickle.dumps(Planted(str(tmp_path / 'MARKER'))))
+    fake.write_bytes(pickle.dumps(FakeNvidiaDetector()))
+    for path, name in [(planted, 'open'), (fake, 'FakeNvidiaDetector')]:
+        with pytest.raises(IOError) as info:
+            inception.load_detector(str(path), verbose=False)
+        message = str(info.value)
+        assert '\n' not in message and str(path) in message and name in message and 'EDM_ALLOW_PICKLE_CODE=1' in message
+    assert not (tmp_path / 'MARKER').exists()
+    # A pickle of plain data runs nothing, and is no detector either.
+    (tmp_path / 'data.pkl').write_bytes(pickle.dumps({'weights': [1.0, 2.0]}))
+    with pytest.raises(IOError, match='holds a dict'):
+        inception.load_detector(str(tmp_path / 'data.pkl'), verbose=False)
+    # NVIDIA's default URL is trusted: its download is unpickled as the original does.
+    monkeypatch.setattr(dnnlib.util, 'open_url', lambda url, **_kwargs: str(fake))
+    detector = inception.load_detector(verbose=False)
+    assert isinstance(detector, inception.PickledDetector) and isinstance(detector.net, FakeNvidiaDetector)
 
 def test_default_detector_falls_back_to_installed_copy(monkeypatch, capsys, detector_pt):
     def offline(url, **_kwargs):
@@ -198,7 +226,7 @@ def pixel_features(images):
 @pytest.mark.parametrize('batch', [1, 3, 64])
 def test_stats_are_mean_and_unbiased_covariance(monkeypatch, zips, batch):
     monkeypatch.setattr(inception, 'load_detector', lambda *args, **kwargs: pixel_features)
-    mu, sigma = fid_stats.calculate_inception_stats(zips['train64'], num_expected=10, seed=7, max_batch_size=batch)
+    mu, sigma = fid_stats.compute_stats(zips['train64'], num=10, seed=7, max_batch_size=batch)
     subset = dataset.ImageFolderDataset(path=zips['train64'], max_size=10, random_seed=7)
     images = np.stack([subset[i][0] for i in range(len(subset))]).repeat(3, axis=1)
     features = images.reshape(10, -1)[:, 1024 : 1024 + 2048].astype(np.float64)
@@ -212,8 +240,19 @@ def test_work_split_across_ranks(monkeypatch):
     chunks = {}
     for rank in range(2):
         monkeypatch.setattr(fid_stats.dist, 'get_rank', lambda rank=rank: rank)
-        chunks[rank] = [b.tolist() for b in fid_stats._rank_batches(10, 3)]
+        chunks[rank] = [b.tolist() for b in fid_stats.dist.split_batches(torch.arange(10), 3)]
     assert chunks == {0: [[0, 1, 2], [6, 7]], 1: [[3, 4, 5], [8, 9]]}
+
+def test_non_finite_statistics_are_errors(monkeypatch, zips):
+    mu, sigma = np.zeros(2048), np.eye(2048)
+    bad_sigma = sigma.copy()
+    bad_sigma[5, 5] = np.nan
+    for args in [(mu, bad_sigma, mu, sigma), (mu, sigma, mu + np.inf, sigma)]:
+        with pytest.raises(fid_stats.StatsError, match='NaN or infinite'): # Without the check, sqrtm would not return.
+            fid_stats.fid_from_stats(*args)
+    monkeypatch.setattr(inception, 'load_detector', lambda *args, **kwargs: lambda images: pixel_features(images) * np.nan)
+    with pytest.raises(fid_stats.StatsError, match='NaN or infinite'):
+        fid_stats.compute_stats(zips['train64'], num=4)
 
 #----------------------------------------------------------------------------
 # Golden reproduction through the CLI.
@@ -251,6 +290,14 @@ def test_calc_prints_golden_fid(t10k_ref, fid_golden, zips, detector_pt, tmp_pat
     assert out.splitlines() == expected_lines
     assert out.splitlines()[-1] == meta['stats']['fid_printed']
 
+def test_notebook_api_gives_the_cli_value(t10k_ref, fid_golden, zips, detector_pt):
+    """compute_fid, with the reference as (mu, sigma), prints as `fid.py calc` does (test above)."""
+    dest, _ = t10k_ref
+    _, meta = fid_golden
+    ref = fid_stats.load_stats(str(dest), verbose=False)
+    value = fid_stats.compute_fid(zips['train64'], (ref['mu'], ref['sigma']), num=64, detector_url=detector_pt)
+    assert isinstance(value, float) and f'{value:g}' == meta['stats']['fid_printed']
+
 def test_sqa_of_file_against_itself(t10k_ref, tmp_path, monkeypatch):
     dest, _ = t10k_ref
     result = invoke(['sqa', f'--edm_path={dest}', f'--sqa_ref={dest}'], tmp_path, monkeypatch)
@@ -265,7 +312,7 @@ def test_sqa_of_file_against_itself(t10k_ref, tmp_path, monkeypatch):
 def test_self_fid_of_full_rank_statistics_is_round_off(fid_golden):
     g, _ = fid_golden
     mu, sigma = formula_inputs(g, 'formula_dim64', 1)
-    assert abs(fid_stats.calculate_fid_from_inception_stats(mu, sigma, mu, sigma)) < 1e-9
+    assert abs(fid_stats.fid_from_stats(mu, sigma, mu, sigma)) < 1e-9
 
 def test_torchrun_two_processes_match_one(tmp_path, zips, detector_pt):
     """Four images in batches of one, one thread per process: both runs see the same per-image
@@ -357,6 +404,30 @@ def test_ref_appends_npz_and_announces_replacement(tmp_path, zips, detector_pt, 
     assert second.exit_code == 0 and f'Replacing the existing file "{tmp_path / "stats.npz"}"' in second.stdout
     stats = fid_stats.load_stats(str(tmp_path / 'stats.npz'), verbose=False)
     assert np.all(np.isfinite(stats['sigma'])) and np.abs(stats['sigma']).max() > 0
+
+def test_ref_checks_dest_before_any_work(tmp_path, zips, monkeypatch):
+    def no_detector(*_args, **_kwargs):
+        raise AssertionError('the detector was loaded')
+    monkeypatch.setattr(inception, 'load_detector', no_detector)
+    (tmp_path / 'file').write_text('not a folder')
+    (tmp_path / 'folder.npz').mkdir()
+    for dest, words in [(f'{tmp_path}{os.sep}', ['names a folder']), (tmp_path / 'file' / 'r.npz', ['Not a directory']),
+                        (tmp_path / 'folder', ['folder.npz', 'is a folder'])]:
+        result = invoke(['ref', f'--data={zips["train64"]}', f'--dest={dest}'], tmp_path, monkeypatch)
+        assert_one_line_error(result, '--dest', *words)
+    assert sorted(os.listdir(tmp_path)) == ['file', 'folder.npz']
+
+def test_calc_checks_images_and_reference_before_the_detector(tmp_path, zips, monkeypatch):
+    def no_detector(*_args, **_kwargs):
+        raise AssertionError('the detector was loaded')
+    monkeypatch.setattr(inception, 'load_detector', no_detector)
+    sigma = np.eye(2048)
+    sigma[0, 0] = np.inf
+    np.savez(tmp_path / 'inf.npz', mu=np.zeros(2048), sigma=sigma)
+    np.savez(tmp_path / 'ok.npz', mu=np.zeros(2048), sigma=np.eye(2048))
+    for args, words in [([f'--images={zips["train64"]}', f'--ref={tmp_path / "inf.npz"}'], ['inf.npz', 'sigma', 'infinite']),
+                        ([f'--images={tmp_path / "nowhere"}', f'--ref={tmp_path / "ok.npz"}'], ['nowhere'])]:
+        assert_one_line_error(invoke(['calc'] + args, tmp_path, monkeypatch), *words)
 
 def test_ref_missing_data_path(tmp_path, detector_pt, monkeypatch):
     result = invoke(['ref', f'--data={tmp_path / "missing.zip"}', f'--dest={tmp_path / "r.npz"}', f'--detector={detector_pt}'],

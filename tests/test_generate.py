@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import generate
 from torch_utils import persistence
-from training import networks
+from training import generation, networks
 from training.samplers import StackedRandomGenerator, edm_sampler
 
 from sampling_helpers import WEIGHTS, cli_args, golden_network, sampling_meta, write_snapshot
@@ -123,7 +123,7 @@ def test_class_label_is_drawn_even_when_forced(golden, snapshots, tmp_path):
             rnd.randint(4, size=[2])
         class_labels = torch.eye(4)[[2, 2]]
         with torch.no_grad():
-            expected[draw_class] = generate.to_uint8(edm_sampler(net, latents, class_labels, randn_like=rnd.randn_like, num_steps=4, S_churn=20))
+            expected[draw_class] = generation.to_uint8(edm_sampler(net, latents, class_labels, randn_like=rnd.randn_like, num_steps=4, S_churn=20)).numpy()
     assert_pixels_match(images, expected[True])
     assert np.abs(images.astype(int) - expected[False]).max() > 10
 
@@ -139,6 +139,27 @@ def test_rerun_reports_replaced_images(snapshots, tmp_path):
     assert 'already exist' not in run_generate(args).output
     result = run_generate(args + ['--seeds=1-4'])
     assert result.exit_code == 0 and '2 of these images already exist and will be replaced' in result.output
+
+def test_generate_images_yields_the_cli_pixels(golden, snapshots, tmp_path):
+    # The Python API, given the snapshot path or a loaded network, against the PNGs of the command line.
+    result = run_generate([f'--network={snapshots["pert"]}', f'--outdir={tmp_path}', '--seeds=2,5,1003', '--batch=2',
+                           '--steps=5', '--S_churn=10', '--subdirs'])
+    assert result.exit_code == 0, result.output
+    _, expected = read_pngs(tmp_path, ['000000/000002.png', '000000/000005.png', '001000/001003.png'])
+    batches = list(generation.generate_images(str(snapshots['pert']), [2, 5, 1003], max_batch_size=2, device='cpu',
+                                              num_steps=5, S_churn=10, solver=None))
+    assert [batch.seeds for batch in batches] == [[2, 5], [1003]]
+    images = torch.cat([batch.images for batch in batches])
+    assert images.dtype == torch.uint8 and images.shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(images.numpy(), expected)
+    labels = torch.cat([batch.labels for batch in batches])
+    assert labels.dtype == torch.int64 and labels.shape == (3,) and 0 <= labels.min() <= labels.max() < 4
+
+    # A network object, all seeds in one batch, and a fixed class.
+    [batch] = generation.generate_images(golden_network(golden, 'pert'), [2, 5], class_idx=3, device='cpu', num_steps=5)
+    assert batch.seeds == [2, 5] and batch.labels.tolist() == [3, 3]
+    with pytest.raises(ValueError, match='out of range'):
+        next(generation.generate_images(golden_network(golden, 'pert'), [0], class_idx=4, device='cpu'))
 
 #----------------------------------------------------------------------------
 # Multi-process generation.
@@ -199,6 +220,26 @@ def test_bad_options_are_refused(snapshots, tmp_path):
     assert_refused(run_generate(base + ['--class=4']), outdir, '--class=4', 'out of range', '0..3')
     gray = [f'--network={snapshots["gray"]}', f'--outdir={outdir}']
     assert_refused(run_generate(gray + ['--class=0']), outdir, '--class=0', 'unconditional')
+
+def test_bad_seeds_and_noise_ranges_are_refused(snapshots, tmp_path):
+    outdir = tmp_path / 'out'
+    base = [f'--network={snapshots["gray"]}', f'--outdir={outdir}']
+    for seeds, words in [('5-2', ['"5-2"', '2-5']), ('0,-3', ['-3', 'negative']), (' ', ['no seeds'])]:
+        assert_refused(run_generate(base + [f'--seeds={seeds}']), outdir, "'--seeds'", *words, exit_code=2)
+    assert_refused(run_generate(base + ['--sigma_min=10', '--sigma_max=1']), outdir, '--sigma_min=10', '--sigma_max=1')
+    # One bound beyond the other's default (80 for the EDM sampler, 0.02 for VE time steps).
+    assert_refused(run_generate(base + ['--sigma_min=100']), outdir, '--sigma_min', 'sigma_max=80')
+    assert_refused(run_generate(base + ['--disc=ve', '--sigma_max=0.01']), outdir, '--sigma_min', 'sigma_min=0.02')
+
+def test_options_are_checked_before_the_network_is_loaded(tmp_path, monkeypatch):
+    def no_loading(_path):
+        raise AssertionError('the network was loaded')
+    monkeypatch.setattr(generate, 'load_network', no_loading)
+    (tmp_path / 'file').write_text('not a folder')
+    for args in (['--seeds=5-2'], ['--sigma_min=2', '--sigma_max=1'], [f'--outdir={tmp_path / "file" / "out"}']):
+        result = run_generate([f'--network={tmp_path / "net.pkl"}', f'--outdir={tmp_path / "out"}'] + args)
+        assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.output
+    assert sorted(os.listdir(tmp_path)) == ['file']
 
 def test_unusable_outdir_is_refused(snapshots, tmp_path):
     (tmp_path / 'file').write_text('not a folder')

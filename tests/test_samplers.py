@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import generate
-from training.samplers import StackedRandomGenerator, ablation_sampler, edm_sampler
+from training import generation
+from training.samplers import StackedRandomGenerator, ablation_sampler, edm_sampler, noise_range
 
 from sampling_helpers import SAMPLER_OPTIONS, WEIGHTS, cli_args, golden_network
 
@@ -112,6 +113,23 @@ def test_ablation_sampler_in_edm_configuration_equals_edm_sampler():
         outputs.append(sampler(GaussianDenoiser(), latents, randn_like=randn_like, **kwargs))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-12, atol=1e-12)
 
+@pytest.mark.parametrize('sampler, kwargs', [
+    (edm_sampler, dict(sigma_min=10, sigma_max=1)),            # Swapped.
+    (ablation_sampler, dict(sigma_min=100)),                   # Above the default sigma_max = 80.
+    (ablation_sampler, dict(discretization='ve', sigma_max=0.01)), # Below the default sigma_min = 0.02.
+    (ablation_sampler, dict(discretization='iddpm', sigma_min=700, sigma_max=20000)), # Between two iDDPM levels.
+])
+def test_empty_noise_range_is_refused(sampler, kwargs):
+    with pytest.raises(ValueError, match='sigma_min='):
+        sampler(GaussianDenoiser(), torch.ones([1, 1, 1, 1]), **kwargs)
+
+def test_noise_range_is_limited_to_the_network():
+    net = GaussianDenoiser()
+    net.sigma_min, net.sigma_max = 0.5, 20
+    assert noise_range(net, 0.002, 80) == (0.5, 20)
+    with pytest.raises(ValueError, match='supports 0.5 to 20'):
+        noise_range(net, 30, 80)
+
 #----------------------------------------------------------------------------
 # Ablation sampler: every solver x discretisation x schedule x scaling combination.
 #
@@ -195,7 +213,7 @@ def parse_cli(golden, set_name):
     """(sampler, sampler kwargs, class index) of a golden command line, parsed by generate.py's CLI."""
     params = generate.main.make_context('generate.py', cli_args(golden, set_name, 'net.pkl', 'out')).params
     kwargs = {key: params[key] for key in SAMPLER_OPTIONS if params[key] is not None}
-    sampler = ablation_sampler if any(key in kwargs for key in generate.ABLATION_OPTIONS) else edm_sampler
+    sampler = ablation_sampler if any(key in kwargs for key in generation.ABLATION_OPTIONS) else edm_sampler
     return sampler, kwargs, params['class_idx']
 
 @pytest.mark.parametrize('weights', WEIGHTS)
@@ -226,4 +244,4 @@ def test_sampler_matches_golden_float64_outputs(golden, golden_nets, sampling_np
     if set_name == 'i_default_b3':
         assert np.abs(torch.stack(net.x_item0).numpy() - ref('net_x_item0')).max() <= 1e-4
     # Quantised like generate.py, the images are the golden PNG pixels.
-    np.testing.assert_array_equal(generate.to_uint8(images), sampling_npz[f'{weights}/{set_name}/images'][:len(seeds)])
+    np.testing.assert_array_equal(generation.to_uint8(images), sampling_npz[f'{weights}/{set_name}/images'][:len(seeds)])

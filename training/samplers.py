@@ -1,218 +1,292 @@
-"""Samplers of the EDM paper (spec sampling-and-fid.md sections 1-2) and the per-seed random
-generator of generate.py (cli.md section 2.2 item 5).
+"""Samplers of the EDM paper and the per-seed noise source that makes an image depend on its seed only.
 
-Both samplers take a preconditioned denoiser `net` (called as net(x, sigma, class_labels) with a
-float64 x and a 0-d float64 sigma), float32 latents of shape [N,C,H,W], optional class labels and a
-`randn_like` noise source, and return the final x as float64. All sampler arithmetic is float64.
+`edm_sampler` is the paper's stochastic Heun sampler (Algorithm 2) with sigma(t) = t and s(t) = 1.
+`ablation_sampler` generalises it to the other columns of Table 1: a choice of ODE solver, noise-level
+discretisation, noise schedule sigma(t) and signal scaling s(t) (Algorithm 1, plus the same churn).
+
+Both take a preconditioned denoiser `net`, called as net(x, sigma, class_labels) with a float64 x and a
+0-d float64 sigma (its output is cast to float64), float32 latents [N,C,H,W], optional class labels and a
+`randn_like` noise source. They return the final x in float64; all their arithmetic is float64.
 """
 
-import functools
 import math
 
 import numpy as np
 import torch
 
 #----------------------------------------------------------------------------
-# Paper Algorithm 2: Heun's 2nd-order method with optional churn (sampling-and-fid.md section 1).
+# Time-step discretisations ("Time steps" row of Table 1). Each gives the noise levels
+# sigma_0 > ... > sigma_{N-1} of an N-step sampler, in float64.
 
-def edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=None):
-    """Noise levels t_0 > ... > t_{N-1} (paper eq. 5), before rounding and without t_N = 0."""
-    step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
-    return (sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+def edm_noise_levels(num_steps, sigma_min, sigma_max, rho, device=None):
+    """Eq. 5: step evenly between sigma_max^(1/rho) and sigma_min^(1/rho), then raise to the power rho,
+    which concentrates the steps at low noise levels."""
+    fraction = torch.arange(num_steps, dtype=torch.float64, device=device) / (num_steps - 1)
+    top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (top + fraction * (bottom - top)) ** rho
 
-def churn_gamma(sigma_cur, num_steps, S_churn, S_min, S_max):
-    """Fraction by which noise is added at this step (paper Algorithm 2, line 5)."""
-    return min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= sigma_cur <= S_max else 0
+def vp_noise_levels(num_steps, epsilon_s, vp_schedule, device=None):
+    """VP: times evenly spaced from t = 1 down to t = epsilon_s, mapped through sigma_VP(t)."""
+    fraction = torch.arange(num_steps, dtype=torch.float64, device=device) / (num_steps - 1)
+    return vp_schedule.sigma(1 + fraction * (epsilon_s - 1))
 
-def edm_sampler(
-    net, latents, class_labels=None, randn_like=torch.randn_like,
-    num_steps=18, sigma_min=0.002, sigma_max=80, rho=7,
-    S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
-):
-    """Heun sampler with churn (paper Algorithm 2); 2N-1 network evaluations."""
-    # Noise levels, clamped to the range the network supports, then rounded; t_N = 0.
-    sigma_min = max(sigma_min, net.sigma_min)
-    sigma_max = min(sigma_max, net.sigma_max)
-    t_steps = net.round_sigma(edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=latents.device))
-    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+def ve_noise_levels(num_steps, sigma_min, sigma_max, device=None):
+    """VE: geometric spacing of sigma^2 (and thus of sigma) from sigma_max down to sigma_min."""
+    fraction = torch.arange(num_steps, dtype=torch.float64, device=device) / (num_steps - 1)
+    return (sigma_max ** 2 * (sigma_min ** 2 / sigma_max ** 2) ** fraction) ** 0.5
 
-    x_next = latents.to(torch.float64) * t_steps[0]
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        x_cur = x_next
+def iddpm_alpha_bar(j, M, C_2):
+    """Cosine schedule alpha_bar_j = sin^2(pi/2 * j / (M (C_2 + 1))) of improved DDPM. For an integer
+    tensor j it comes out in float32, as in the original implementation."""
+    return (0.5 * np.pi * j / M / (C_2 + 1)).sin() ** 2
 
-        # Churn: raise the noise level to t_hat. The noise is drawn on every step, even when gamma = 0.
+def iddpm_levels(M, C_1, C_2, device=None):
+    """The M + 1 noise levels u_0 > ... > u_M = 0 of improved DDPM, from the recursion
+    u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar_{j-1} / alpha_bar_j, C_1) - 1)."""
+    j = torch.arange(1, M + 1, device=device)
+    ratios = (iddpm_alpha_bar(j - 1, M, C_2) / iddpm_alpha_bar(j, M, C_2)).clip(min=C_1)
+    level = torch.zeros([], dtype=torch.float64, device=device)
+    levels = [level]
+    for ratio in ratios.flip(0): # From u_M = 0 upwards, one 0-d float64 tensor at a time.
+        level = ((level ** 2 + 1) / ratio - 1).sqrt()
+        levels.append(level)
+    return torch.stack(levels[::-1])
+
+def iddpm_noise_levels(num_steps, sigma_min, sigma_max, M, C_1, C_2, device=None):
+    """iDDPM: of the levels u_j that lie in [sigma_min, sigma_max], num_steps evenly spaced ones
+    (index rounded half to even)."""
+    levels = iddpm_levels(M, C_1, C_2, device=device)
+    usable = levels[torch.logical_and(levels >= sigma_min, levels <= sigma_max)]
+    if len(usable) == 0:
+        raise ValueError(f'no iDDPM noise level lies between sigma_min={sigma_min:g} and sigma_max={sigma_max:g}')
+    position = (len(usable) - 1) / (num_steps - 1) * torch.arange(num_steps, dtype=torch.float64, device=device)
+    return usable[position.round().to(torch.int64)]
+
+def append_zero(t_steps):
+    """The last step of every sampler ends at t_N = 0."""
+    return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+
+#----------------------------------------------------------------------------
+# Building blocks of the EDM sampler (Algorithm 2).
+
+def churn_gamma(sigma, num_steps, S_churn, S_min, S_max):
+    """Algorithm 2, line 5: how much to raise the noise level, only inside [S_min, S_max]."""
+    if S_min <= sigma <= S_max:
+        return min(S_churn / num_steps, math.sqrt(2) - 1)
+    return 0
+
+def add_churn_noise(x, t_cur, t_hat, S_noise, randn_like):
+    """Algorithm 2, lines 6-7: fresh noise that takes x from level t_cur up to t_hat. The noise is
+    drawn even when t_hat = t_cur (the factor is then 0), so every step consumes one draw."""
+    return x + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x)
+
+def edm_slope(net, x, t, class_labels):
+    """dx/dt = (x - D(x; t)) / t for sigma(t) = t and s(t) = 1 (Algorithm 2, lines 7 and 11)."""
+    denoised = net(x, t, class_labels).to(torch.float64)
+    return (x - denoised) / t
+
+def euler_step(x, t, t_next, slope):
+    """One Euler step of the ODE from t to t_next."""
+    return x + (t_next - t) * slope
+
+def second_order_step(x, t, t_next, slope, slope_ahead, alpha=1):
+    """Second-order step from t to t_next, blending the slope at t with the slope at the point
+    t + alpha (t_next - t) ahead. alpha = 1 is Heun's method (Algorithm 1 and 2, line 12)."""
+    weight_ahead = 1 / (2 * alpha)
+    return x + (t_next - t) * ((1 - weight_ahead) * slope + weight_ahead * slope_ahead)
+
+#----------------------------------------------------------------------------
+
+def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
+                sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1):
+    """Heun sampler with optional churn (Algorithm 2); 2 N - 1 network evaluations for N steps."""
+    sigma_min, sigma_max = noise_range(net, sigma_min, sigma_max)
+    levels = edm_noise_levels(num_steps, sigma_min, sigma_max, rho, device=latents.device)
+    t_steps = append_zero(net.round_sigma(levels))
+
+    x = latents.to(torch.float64) * t_steps[0]
+    for i in range(num_steps):
+        t_cur, t_next = t_steps[i], t_steps[i + 1]
         gamma = churn_gamma(t_cur, num_steps, S_churn, S_min, S_max)
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
-
-        # Euler step from t_hat to t_next.
-        denoised = net(x_hat, t_hat, class_labels).to(torch.float64)
-        d_cur = (x_hat - denoised) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-
-        # Second-order correction, skipped on the final step to sigma = 0.
-        if i < num_steps - 1:
-            denoised = net(x_next, t_next, class_labels).to(torch.float64)
-            d_prime = (x_next - denoised) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-
-    return x_next
+        x_hat = add_churn_noise(x, t_cur, t_hat, S_noise, randn_like)
+        slope = edm_slope(net, x_hat, t_hat, class_labels)
+        x = euler_step(x_hat, t_hat, t_next, slope)
+        if i < num_steps - 1: # The final step, to sigma = 0, stays first-order.
+            x = second_order_step(x_hat, t_hat, t_next, slope, edm_slope(net, x, t_next, class_labels))
+    return x
 
 #----------------------------------------------------------------------------
-# Noise schedules sigma(t) with derivative and inverse (sampling-and-fid.md section 2.1).
-# Each returns (sigma, sigma_deriv, sigma_inv) as functions of float64 tensors.
+# Noise schedules sigma(t) ("Schedule" row of Table 1), each with its derivative and inverse.
 
-def vp_schedule(beta_d, beta_min):
-    sigma = lambda t: (torch.exp(0.5 * beta_d * (t ** 2) + beta_min * t) - 1) ** 0.5
-    sigma_deriv = lambda t: 0.5 * (beta_min + beta_d * t) * (sigma(t) + 1 / sigma(t))
-    sigma_inv = lambda sigma: ((beta_min ** 2 + 2 * beta_d * (sigma ** 2 + 1).log()) ** 0.5 - beta_min) / beta_d
-    return sigma, sigma_deriv, sigma_inv
+class VPSchedule:
+    """Variance preserving: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
 
-def ve_schedule():
-    sigma = lambda t: t.sqrt()
-    sigma_deriv = lambda t: 0.5 / t.sqrt()
-    sigma_inv = lambda sigma: sigma ** 2
-    return sigma, sigma_deriv, sigma_inv
+    def __init__(self, beta_d=19.9, beta_min=0.1):
+        self.beta_d = beta_d
+        self.beta_min = beta_min
 
-def linear_schedule():
-    sigma = lambda t: t
-    sigma_deriv = lambda t: 1
-    sigma_inv = lambda sigma: sigma
-    return sigma, sigma_deriv, sigma_inv
+    @classmethod
+    def spanning(cls, sigma_min, sigma_max, epsilon_s):
+        """The VP schedule with sigma(epsilon_s) = sigma_min and sigma(1) = sigma_max."""
+        log_top = np.log(sigma_max ** 2 + 1)
+        beta_d = 2 * (np.log(sigma_min ** 2 + 1) / epsilon_s - log_top) / (epsilon_s - 1)
+        return cls(beta_d=float(beta_d), beta_min=float(log_top - 0.5 * beta_d))
 
-def vp_sigma_at(t, beta_d=19.9, beta_min=0.1):
-    """sigma_VP(t) as a Python float."""
-    return vp_schedule(beta_d, beta_min)[0](torch.as_tensor(t, dtype=torch.float64)).item()
+    def sigma(self, t):
+        return (torch.exp(0.5 * self.beta_d * (t ** 2) + self.beta_min * t) - 1) ** 0.5
 
-def vp_beta_for_range(sigma_min, sigma_max, epsilon_s):
-    """(beta_d, beta_min) such that sigma_VP(epsilon_s) = sigma_min and sigma_VP(1) = sigma_max (section 2.2)."""
-    beta_d = 2 * (np.log(sigma_min ** 2 + 1) / epsilon_s - np.log(sigma_max ** 2 + 1)) / (epsilon_s - 1)
-    beta_min = np.log(sigma_max ** 2 + 1) - 0.5 * beta_d
-    return float(beta_d), float(beta_min)
+    def sigma_deriv(self, t):
+        sigma = self.sigma(t)
+        return 0.5 * (self.beta_min + self.beta_d * t) * (sigma + 1 / sigma)
 
-@functools.lru_cache(maxsize=8)
-def iddpm_noise_levels(M, C_1, C_2, device=None):
-    """The improved-DDPM table u[0..M] (decreasing, u[M] = 0), section 2.3. alpha_bar is computed
-    from an int64 index and comes out in float32, as in the original. Cached: it depends only on
-    the constants, and the recursion takes M sequential steps."""
-    alpha_bar = lambda j: (0.5 * np.pi * j / M / (C_2 + 1)).sin() ** 2
-    index = torch.arange(1, M + 1, device=device)
-    ratio = (alpha_bar(index - 1) / alpha_bar(index)).clip(min=C_1) # ratio[j-1] = alpha_bar(j-1) / alpha_bar(j), float32
-    u = torch.zeros(M + 1, dtype=torch.float64, device=device)
-    for j in range(M, 0, -1):
-        u[j - 1] = ((u[j] ** 2 + 1) / ratio[j - 1] - 1).sqrt()
-    return u
+    def sigma_inv(self, sigma):
+        root = (self.beta_min ** 2 + 2 * self.beta_d * (sigma ** 2 + 1).log()) ** 0.5
+        return (root - self.beta_min) / self.beta_d
+
+class VESchedule:
+    """Variance exploding: sigma(t) = sqrt(t)."""
+
+    def sigma(self, t):
+        return t.sqrt()
+
+    def sigma_deriv(self, t):
+        return 0.5 / t.sqrt()
+
+    def sigma_inv(self, sigma):
+        return sigma ** 2
+
+class LinearSchedule:
+    """The paper's choice: sigma(t) = t."""
+
+    def sigma(self, t):
+        return t
+
+    def sigma_deriv(self, t):
+        return 1
+
+    def sigma_inv(self, sigma):
+        return sigma
+
+# Signal scalings s(t) ("Scaling" row of Table 1), each with its derivative.
+
+class VPScaling:
+    """s(t) = 1 / sqrt(1 + sigma(t)^2), which keeps the variance of x(t) constant."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def s(self, t):
+        return 1 / (1 + self.schedule.sigma(t) ** 2).sqrt()
+
+    def s_deriv(self, t):
+        return -self.schedule.sigma(t) * self.schedule.sigma_deriv(t) * (self.s(t) ** 3)
+
+class NoScaling:
+    """s(t) = 1."""
+
+    def s(self, t):
+        return 1
+
+    def s_deriv(self, t):
+        return 0
+
+def ode_slope(net, x, t, class_labels, schedule, scaling):
+    """dx/dt of the probability-flow ODE (Eq. 4), with the score expressed through the denoiser
+    evaluated on the unscaled x / s(t) (Algorithm 1, lines 4 and 7)."""
+    sigma, sigma_deriv = schedule.sigma(t), schedule.sigma_deriv(t)
+    s, s_deriv = scaling.s(t), scaling.s_deriv(t)
+    denoised = net(x / s, sigma, class_labels).to(torch.float64)
+    return (sigma_deriv / sigma + s_deriv / s) * x - sigma_deriv * s / sigma * denoised
 
 #----------------------------------------------------------------------------
-# Generalised sampler of the paper's ablations (sampling-and-fid.md section 2).
 
-def ablation_sampler(
-    net, latents, class_labels=None, randn_like=torch.randn_like,
-    num_steps=18, sigma_min=None, sigma_max=None, rho=7,
-    solver='heun', discretization='edm', schedule='linear', scaling='none',
-    epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1,
-    S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
-):
-    """Sampler with a choice of ODE solver, noise-level discretisation, schedule sigma(t) and
-    scaling s(t) (paper Table 1 and section 3). Defaults reproduce edm_sampler."""
-    assert solver in ['euler', 'heun']
-    assert discretization in ['vp', 've', 'iddpm', 'edm']
-    assert schedule in ['vp', 've', 'linear']
-    assert scaling in ['vp', 'none']
+def default_noise_range(discretization, epsilon_s):
+    """(sigma_min, sigma_max) that each discretisation uses unless told otherwise. VP spans
+    sigma_VP(epsilon_s) .. sigma_VP(1) of the standard VP SDE (beta_d = 19.9, beta_min = 0.1)."""
+    if discretization == 'vp':
+        standard = VPSchedule()
+        return tuple(standard.sigma(torch.tensor(t, dtype=torch.float64)).item() for t in (epsilon_s, 1))
+    return dict(ve=(0.02, 100), iddpm=(0.002, 81), edm=(0.002, 80))[discretization]
+
+def noise_range(net, sigma_min=None, sigma_max=None, discretization='edm', epsilon_s=1e-3):
+    """The noise range a sampler uses: the discretisation's default where a bound is None, limited
+    to the levels the network supports. ValueError when that leaves no room between the bounds."""
+    default_min, default_max = default_noise_range(discretization, epsilon_s)
+    low = max(default_min if sigma_min is None else sigma_min, net.sigma_min)
+    high = min(default_max if sigma_max is None else sigma_max, net.sigma_max)
+    if not low < high:
+        raise ValueError(f'the noise range is empty: sigma_min={low:g} is not below sigma_max={high:g} '
+            f'(the network supports {net.sigma_min:g} to {net.sigma_max:g})')
+    return low, high
+
+def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=None,
+                     sigma_max=None, rho=7, solver='heun', discretization='edm', schedule='linear', scaling='none',
+                     epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1, S_churn=0, S_min=0, S_max=float('inf'),
+                     S_noise=1):
+    """Sampler for the Table 1 ablations: Algorithm 1 with the churn of Algorithm 2 and a choice of
+    solver, time steps, sigma(t) and s(t). The defaults give the EDM sampler up to rounding."""
+    assert solver in ('euler', 'heun')
+    assert discretization in ('vp', 've', 'iddpm', 'edm')
+    assert schedule in ('vp', 've', 'linear')
+    assert scaling in ('vp', 'none')
     device = latents.device
 
-    # Noise range: defaults of the discretisation, then clamped to the network's range (section 2.2).
-    if sigma_min is None:
-        sigma_min = dict(vp=vp_sigma_at(epsilon_s), ve=0.02, iddpm=0.002, edm=0.002)[discretization]
-    if sigma_max is None:
-        sigma_max = dict(vp=vp_sigma_at(1), ve=100, iddpm=81, edm=80)[discretization]
-    sigma_min = max(sigma_min, net.sigma_min)
-    sigma_max = min(sigma_max, net.sigma_max)
+    sigma_min, sigma_max = noise_range(net, sigma_min, sigma_max, discretization, epsilon_s)
+    fitted_vp = VPSchedule.spanning(sigma_min, sigma_max, epsilon_s) # Used by the VP time steps and schedule.
 
-    # VP parameters that reproduce the range exactly (used by disc=vp and schedule=vp).
-    vp_beta_d, vp_beta_min = vp_beta_for_range(sigma_min, sigma_max, epsilon_s)
-
-    # Noise levels sigma_i of the discretisation (section 2.3).
-    step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
     if discretization == 'vp':
-        orig_t_steps = 1 + step_indices / (num_steps - 1) * (epsilon_s - 1)
-        sigma_steps = vp_schedule(vp_beta_d, vp_beta_min)[0](orig_t_steps)
+        levels = vp_noise_levels(num_steps, epsilon_s, fitted_vp, device=device)
     elif discretization == 've':
-        sigma_steps = (sigma_max ** 2 * (sigma_min ** 2 / sigma_max ** 2) ** (step_indices / (num_steps - 1))) ** 0.5
+        levels = ve_noise_levels(num_steps, sigma_min, sigma_max, device=device)
     elif discretization == 'iddpm':
-        u = iddpm_noise_levels(M, C_1, C_2, device=device)
-        u_in_range = u[torch.logical_and(u >= sigma_min, u <= sigma_max)]
-        sigma_steps = u_in_range[((len(u_in_range) - 1) / (num_steps - 1) * step_indices).round().to(torch.int64)]
+        levels = iddpm_noise_levels(num_steps, sigma_min, sigma_max, M, C_1, C_2, device=device)
     else:
-        sigma_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=device)
+        levels = edm_noise_levels(num_steps, sigma_min, sigma_max, rho, device=device)
+    sched = dict(vp=fitted_vp, ve=VESchedule(), linear=LinearSchedule())[schedule]
+    scale = VPScaling(sched) if scaling == 'vp' else NoScaling()
+    t_steps = append_zero(sched.sigma_inv(net.round_sigma(levels)))
 
-    # Schedule sigma(t) and scaling s(t) (section 2.1).
-    if schedule == 'vp':
-        sigma, sigma_deriv, sigma_inv = vp_schedule(vp_beta_d, vp_beta_min)
-    elif schedule == 've':
-        sigma, sigma_deriv, sigma_inv = ve_schedule()
-    else:
-        sigma, sigma_deriv, sigma_inv = linear_schedule()
-    if scaling == 'vp':
-        s = lambda t: 1 / (1 + sigma(t) ** 2).sqrt()
-        s_deriv = lambda t: -sigma(t) * sigma_deriv(t) * (s(t) ** 3)
-    else:
-        s = lambda t: 1
-        s_deriv = lambda t: 0
+    x = latents.to(torch.float64) * (sched.sigma(t_steps[0]) * scale.s(t_steps[0]))
+    for i in range(num_steps):
+        t_cur, t_next = t_steps[i], t_steps[i + 1]
 
-    # ODE right-hand side dx/dt (paper eq. 4) for the denoiser output D(x/s; sigma).
-    def ode_derivative(x, t, denoised):
-        return (sigma_deriv(t) / sigma(t) + s_deriv(t) / s(t)) * x - sigma_deriv(t) * s(t) / sigma(t) * denoised
+        # Churn (Algorithm 2, lines 5-7) in terms of sigma(t), on the scaled x.
+        sigma_cur = sched.sigma(t_cur)
+        gamma = churn_gamma(sigma_cur, num_steps, S_churn, S_min, S_max)
+        t_hat = sched.sigma_inv(net.round_sigma(sigma_cur + gamma * sigma_cur))
+        noise_std = (sched.sigma(t_hat) ** 2 - sigma_cur ** 2).clip(min=0).sqrt() * scale.s(t_hat)
+        x_hat = scale.s(t_hat) / scale.s(t_cur) * x + noise_std * S_noise * randn_like(x)
 
-    def denoise(x, t):
-        return net(x / s(t), sigma(t), class_labels).to(torch.float64)
-
-    # Time steps t_i = sigma^-1(rounded sigma_i), then t_N = 0.
-    t_steps = sigma_inv(net.round_sigma(sigma_steps))
-    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
-
-    t_next = t_steps[0]
-    x_next = latents.to(torch.float64) * (sigma(t_next) * s(t_next))
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        x_cur = x_next
-
-        # Churn: raise the noise level to sigma(t_hat); noise is drawn on every step.
-        gamma = churn_gamma(sigma(t_cur), num_steps, S_churn, S_min, S_max)
-        t_hat = sigma_inv(net.round_sigma(sigma(t_cur) + gamma * sigma(t_cur)))
-        x_hat = s(t_hat) / s(t_cur) * x_cur + (sigma(t_hat) ** 2 - sigma(t_cur) ** 2).clip(min=0).sqrt() * s(t_hat) * S_noise * randn_like(x_cur)
-
-        # Euler step, or the generalised 2nd-order step with intermediate point t_hat + alpha*h.
-        h = t_next - t_hat
-        d_cur = ode_derivative(x_hat, t_hat, denoise(x_hat, t_hat))
+        slope = ode_slope(net, x_hat, t_hat, class_labels, sched, scale)
         if solver == 'euler' or i == num_steps - 1:
-            x_next = x_hat + h * d_cur
+            x = euler_step(x_hat, t_hat, t_next, slope)
         else:
-            t_prime = t_hat + alpha * h
-            x_prime = x_hat + alpha * h * d_cur
-            d_prime = ode_derivative(x_prime, t_prime, denoise(x_prime, t_prime))
-            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
-
-    return x_next
+            t_ahead = t_hat + alpha * (t_next - t_hat)
+            x_ahead = x_hat + alpha * (t_next - t_hat) * slope
+            slope_ahead = ode_slope(net, x_ahead, t_ahead, class_labels, sched, scale)
+            x = second_order_step(x_hat, t_hat, t_next, slope, slope_ahead, alpha)
+    return x
 
 #----------------------------------------------------------------------------
-# Per-seed random generator (cli.md section 2.2 item 5): one torch.Generator per image, so an
-# image depends only on its seed, not on batch size or the number of processes.
 
 class StackedRandomGenerator:
-    """Draws every batch item from its own generator, seeded with seed mod 2^32, and stacks them."""
+    """Noise source for a batch in which item i draws from its own torch.Generator, seeded with
+    seeds[i] mod 2^32. Draws are made item by item and stacked, so a sample depends on its seed alone,
+    not on the batch it is in or the number of processes."""
 
     def __init__(self, device, seeds):
         self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
 
+    def _stack(self, batch_size, draw):
+        assert batch_size == len(self.generators), 'one generator per batch item'
+        return torch.stack([draw(generator) for generator in self.generators])
+
     def randn(self, size, **kwargs):
-        assert size[0] == len(self.generators)
-        return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+        return self._stack(size[0], lambda generator: torch.randn(size[1:], generator=generator, **kwargs))
 
     def randn_like(self, input):
-        return self.randn(input.shape, dtype=input.dtype, layout=input.layout, device=input.device)
+        return self.randn(input.shape, device=input.device, dtype=input.dtype, layout=input.layout)
 
     def randint(self, *args, size, **kwargs):
-        assert size[0] == len(self.generators)
-        return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
-
-#----------------------------------------------------------------------------
+        return self._stack(size[0], lambda generator: torch.randint(*args, size=size[1:], generator=generator, **kwargs))

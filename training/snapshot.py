@@ -1,8 +1,9 @@
-"""Safe loading of network snapshots (`network-snapshot-*.pkl`, the official EDM pickles) and
-training states (`training-state-*.pt`).
+"""Network snapshots (`network-snapshot-*.pkl`), training states (`training-state-*.pt`) and the
+statistics log `stats.jsonl`: writing them so that a killed process never leaves a partial file,
+and reading snapshots and states back safely.
 
 A snapshot pickled with the persistence format embeds the source code of its classes, and plain
-`pickle.load` executes that code. These loaders do not: they resolve each persistent object's
+`pickle.load` executes that code. The loaders here do not: they resolve each persistent object's
 `class_name` to this project's class of the same name, restore the recorded state into it,
 rebuild tensors with weights-only semantics, and refuse every other global. Files you trust can
 still be loaded the original way by setting EDM_ALLOW_PICKLE_CODE=1.
@@ -10,13 +11,14 @@ still be loaded the original way by setting EDM_ALLOW_PICKLE_CODE=1.
 
 import _compat_pickle
 import io
-import os
+import json
 import pickle
+import os
 import types
 import zipfile
 
-import numpy as np
 import torch
+import numpy as np
 
 import dnnlib
 from torch_utils import persistence
@@ -28,7 +30,7 @@ class SnapshotError(ValueError):
     """A network pickle that cannot be loaded; the message is one line naming the file."""
 
 #----------------------------------------------------------------------------
-# What a snapshot may contain besides persistent objects (persistence.md 5).
+# What a snapshot may contain besides persistent objects.
 
 def _persistent_classes():
     """This project's persistent classes by name (networks, losses, augmentation pipe)."""
@@ -84,7 +86,7 @@ class _SafeUnpickler(pickle.Unpickler):
         raise SnapshotError(f'{self.path}: refusing to load global "{module}.{name}"; {_opt_in_hint()}')
 
     def reconstruct(self, meta):
-        """Safe counterpart of persistence._reconstruct_persistent_obj (persistence.md 4)."""
+        """Safe counterpart of persistence._reconstruct_persistent_obj: no embedded code is run."""
         if not isinstance(meta, dict) or meta.get('type') != 'class' or meta.get('version') != persistence._version:
             raise SnapshotError(f'{self.path}: unsupported persistent-object metadata (expected type "class", version {persistence._version})')
         cls = self.classes.get(meta.get('class_name'))
@@ -137,18 +139,29 @@ def load_snapshot(path_or_url, verbose=True, allow_code=None):
     return snapshot
 
 def load_training_state(path, allow_code=None):
-    """Load a training state (torch.save of {net, optimizer_state}, formats.md 3) onto the CPU,
+    """Load a training state (torch.save of {net, optimizer_state}) onto the CPU,
     without executing embedded code: torch.load runs with the safe unpickler above.
     Raises SnapshotError or IOError with a one-line message naming the file."""
     if not os.path.isfile(path):
         raise IOError(f'{path}: no such file')
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not head:
+        raise SnapshotError(f'{path}: not a readable training state (the file is empty)')
+    if head == b'PK\x03\x04':
+        if not zipfile.is_zipfile(path):
+            raise SnapshotError(f'{path}: not a readable training state (truncated: the torch.save archive is incomplete)')
+    elif head[:1] != pickle.PROTO: # torch.save's zip archive, or its older format: plain pickles
+        raise SnapshotError(f'{path}: not a readable training state (neither a torch.save archive nor a pickle)')
     if _code_allowed(allow_code):
         return torch.load(path, map_location='cpu', weights_only=False)
     classes = _persistent_classes()
     class Unpickler(_SafeUnpickler):
         def __init__(self, file, **_kwargs):
             super().__init__(file, path, classes)
-    safe_pickle = types.SimpleNamespace(__name__='safe_pickle', Unpickler=Unpickler)
+    # torch.load reads files of its pre-archive format with pickle_module.load.
+    safe_pickle = types.SimpleNamespace(__name__='safe_pickle', Unpickler=Unpickler,
+        load=lambda file, **_kwargs: Unpickler(file).load())
     try:
         state = torch.load(path, map_location='cpu', weights_only=False, pickle_module=safe_pickle)
     except SnapshotError:
@@ -158,3 +171,37 @@ def load_training_state(path, allow_code=None):
     if not isinstance(state, dict) or not isinstance(state.get('net'), torch.nn.Module) or 'optimizer_state' not in state:
         raise SnapshotError(f'{path}: expected a training state (a dict with "net" and "optimizer_state")')
     return state
+
+#----------------------------------------------------------------------------
+# Writing. Snapshots and states go to a temporary file that is synced to disk and then renamed
+# over the final name, so every file in the run directory is complete, whenever the process dies.
+
+def save_snapshot(path, data):
+    """Write a network snapshot: the dict {ema, loss_fn, augment_pipe, dataset_kwargs} as a
+    plain pickle (persistent objects carry their source code with them)."""
+    with dnnlib.util.atomic_write(path, fsync=True) as tmp_path, open(tmp_path, 'wb') as f:
+        pickle.dump(data, f)
+
+def save_training_state(path, net, optimizer):
+    """Write a training state: torch.save of {net: the live training network, optimizer_state}."""
+    state = dict(net=net, optimizer_state=optimizer.state_dict())
+    with dnnlib.util.atomic_write(path, fsync=True) as tmp_path, open(tmp_path, 'wb') as f:
+        torch.save(state, f)
+
+def open_stats_jsonl(path):
+    """Open (or create) the statistics log for appending; returns an OS file descriptor.
+    If a kill interrupted the last write, the partial last line is cut off, so that every
+    line of the file stays valid JSON."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    with open(path, 'rb') as f:
+        existing = f.read()
+    if not existing.endswith(b'\n'):
+        os.ftruncate(fd, existing.rfind(b'\n') + 1) # 0 for an empty file or a single partial line
+    return fd
+
+def append_stats_line(fd, stats):
+    """Append `stats` as one JSON line (default json.dumps separators; NaN/Infinity allowed).
+    The line goes out in one os.write, so a kill practically never leaves half of it."""
+    pending = f'{json.dumps(stats)}\n'.encode('utf-8')
+    while pending:
+        pending = pending[os.write(fd, pending):]

@@ -1,0 +1,130 @@
+"""Sampling images from a trained network: the Python API behind generate.py.
+
+Every image depends only on its seed. Its latents, its class label and the noise of every sampler
+step come from a generator of its own, so neither the batch size nor the number of processes changes
+it. Works with or without torch.distributed; under torchrun each rank gets its share of the seeds.
+
+Example, in a notebook:
+
+    import PIL.Image
+    from training.generation import generate_images
+
+    for batch in generate_images('network-snapshot-200000.pkl', seeds=range(8), num_steps=18):
+        for seed, image in zip(batch.seeds, batch.images):
+            PIL.Image.fromarray(image.numpy()).save(f'{seed:06d}.png') # An RGB network.
+"""
+
+import os
+from typing import NamedTuple, Optional
+
+import torch
+
+from torch_utils import distributed as dist
+from training.samplers import StackedRandomGenerator, ablation_sampler, edm_sampler, noise_range
+from training.snapshot import load_snapshot
+
+# Options that only the generalised sampler has; giving any of them selects it.
+ABLATION_OPTIONS = ('solver', 'discretization', 'schedule', 'scaling')
+
+class GeneratedBatch(NamedTuple):
+    """One batch yielded by generate_images."""
+    seeds: list                     # The seeds of the images, as ints.
+    images: torch.Tensor            # uint8 [N, H, W, C] on the CPU.
+    labels: Optional[torch.Tensor]  # int64 [N] class index of each image on the CPU; None if unconditional.
+
+#----------------------------------------------------------------------------
+
+def load_network(network_pkl):
+    """The 'ema' network of a snapshot (path or URL), read with the safe loader, which never runs
+    code embedded in the pickle. Rank 0 reads first, so that a download is cached only once.
+    Raises training.snapshot.SnapshotError or OSError with a one-line message."""
+    with dist.rank_zero_first():
+        return load_snapshot(network_pkl, verbose=(dist.get_rank() == 0))['ema']
+
+def check_denoiser(net):
+    """Raise ValueError unless `net` is a preconditioned denoiser that the samplers can drive."""
+    needed = ('img_channels', 'img_resolution', 'label_dim', 'round_sigma', 'sigma_min', 'sigma_max')
+    if not all(hasattr(net, name) for name in needed):
+        raise ValueError(f'the network under "ema" is a {type(net).__name__}, not a preconditioned denoiser (EDMPrecond, VPPrecond, ...)')
+
+def check_class_idx(net, class_idx):
+    """Raise ValueError unless `class_idx` is None or one of the network's classes."""
+    if class_idx is None:
+        return
+    if not net.label_dim:
+        raise ValueError('the network is unconditional (label_dim=0)')
+    if not 0 <= class_idx < net.label_dim:
+        raise ValueError(f'out of range: the network has {net.label_dim} classes (0..{net.label_dim - 1})')
+
+def check_noise_range(net, sampler_kwargs):
+    """Raise ValueError unless the sampler options leave a noise range, once the defaults are filled
+    in and the range is limited to the one the network supports. Options set to None take the defaults."""
+    options = {key: value for key, value in sampler_kwargs.items() if value is not None}
+    noise_range(net, options.get('sigma_min'), options.get('sigma_max'), options.get('discretization', 'edm'),
+        options.get('epsilon_s', 1e-3))
+
+def choose_sampler(sampler_kwargs):
+    """The sampler to use and its options. Options set to None are dropped, so that they take the
+    sampler's own defaults; any ablation option selects the generalised sampler."""
+    options = {key: value for key, value in sampler_kwargs.items() if value is not None}
+    return (ablation_sampler if any(key in options for key in ABLATION_OPTIONS) else edm_sampler), options
+
+def to_uint8(images):
+    """Sampler output in [-1, 1] -> uint8 [N, H, W, C] on the CPU. The cast truncates, so a value
+    is rounded half up from x * 127.5 + 127.5."""
+    pixels = (images * 127.5 + 128).clip(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu()
+
+@torch.no_grad()
+def sample_batch(net, seeds, class_idx, sampler, sampler_kwargs, device):
+    """Float64 images [N, C, H, W] and int64 class indices (or None) for a batch of seeds.
+    Each seed's generator draws, in this order: the float32 latents; one class index if the network
+    is conditional (even when `class_idx` fixes the class); then the sampler's per-step noise."""
+    rnd = StackedRandomGenerator(device, seeds)
+    latents = rnd.randn([len(seeds), net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    labels = class_labels = None
+    if net.label_dim:
+        labels = rnd.randint(net.label_dim, size=[len(seeds)], device=device)
+        if class_idx is not None:
+            labels = torch.full_like(labels, class_idx)
+        class_labels = torch.eye(net.label_dim, device=device)[labels]
+    images = sampler(net, latents, class_labels, randn_like=rnd.randn_like, **sampler_kwargs)
+    return images, labels
+
+def default_device():
+    """This process's device under torch.distributed, else CUDA when available, else the CPU."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return dist.get_device()
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+#----------------------------------------------------------------------------
+
+def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, **sampler_kwargs):
+    """Sample one image per seed; yield them batch by batch as GeneratedBatch(seeds, images, labels).
+
+    net:            a preconditioned network (moved to `device` in place), or the path or URL of a
+                    network snapshot, loaded with load_network.
+    seeds:          the seeds, e.g. range(64). Under torch.distributed each rank yields its own share.
+    class_idx:      class of every image; None draws a random class per seed (conditional networks).
+    max_batch_size: the most images sampled at once (per process).
+    device:         where to sample; default: see default_device.
+    sampler_kwargs: options of edm_sampler, or of ablation_sampler when solver, discretization,
+                    schedule or scaling is given (e.g. num_steps=40, S_churn=40); None means default.
+
+    Raises ValueError (on the first iteration) for a network, class_idx or noise range that cannot be used.
+    """
+    if isinstance(net, (str, os.PathLike)):
+        net = load_network(net)
+    device = torch.device(device) if device is not None else default_device()
+    check_denoiser(net)
+    check_class_idx(net, class_idx)
+    check_noise_range(net, sampler_kwargs)
+    net = net.to(device)
+    sampler, sampler_kwargs = choose_sampler(sampler_kwargs)
+
+    for batch_seeds in dist.split_batches(list(seeds), max_batch_size):
+        dist.barrier() # Keeps the ranks in step; every rank has the same number of batches.
+        if len(batch_seeds) == 0:
+            continue
+        images, labels = sample_batch(net, batch_seeds, class_idx, sampler, sampler_kwargs, device)
+        yield GeneratedBatch(batch_seeds.tolist(), to_uint8(images), None if labels is None else labels.cpu())
