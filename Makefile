@@ -12,7 +12,17 @@ MINUTES ?= 15
 SAMPLES ?= 1000
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data test docs quickstart
+# The oldest PyTorch this code supports (README, requirements.txt), with a separate environment and
+# a fast subset of the suite: networks, persistence, sampling, losses, augmentation, datasets and
+# tiny training runs (the slow kill, resume and torchrun drills are left to `make test`).
+OLDEST_VENV  ?= .venv-oldest
+OLDEST_TORCH ?= torch==2.0.1 "numpy<2"
+OLDEST_TESTS ?= tests/test_dnnlib.py tests/test_torch_utils.py tests/test_networks.py \
+	tests/test_persistence.py tests/test_snapshot.py tests/test_samplers.py tests/test_loss.py \
+	tests/test_augment.py tests/test_dataset.py tests/test_training_loop.py
+OLDEST_SKIP  ?= sigterm_then_resume or torchrun or sigkill_during_write
+
+.PHONY: venv data test test-oldest docs quickstart
 
 venv: $(VENV)/.installed
 
@@ -31,6 +41,15 @@ $(FMNIST):
 
 test: venv data
 	$(PY) -m pytest -q tests
+
+$(OLDEST_VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet $(OLDEST_TORCH)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -r requirements-test.txt $(OLDEST_TORCH)
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS) -k "not ($(OLDEST_SKIP))"
 
 # The main job: Fashion-MNIST end to end (dataset, FID reference, training, sampling, FID),
 # about 30 minutes on two CPU cores. Stages already done are skipped on a rerun.

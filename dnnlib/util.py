@@ -1,329 +1,389 @@
-"""Small utilities shared by every part of the project (training.md section 8).
+"""Small utilities shared by every part of the project.
 
-Names follow the original `dnnlib.util`, because pickles and the source code embedded in
-official EDM pickles refer to some of them (`EasyDict`, `make_cache_dir_path`).
+The module keeps the name `dnnlib.util`, and `EasyDict` and `make_cache_dir_path` their names,
+because pickles (and the source code embedded in official EDM pickles) refer to them.
 """
 
+import contextlib
+import functools
 import glob
 import hashlib
 import importlib
-import io
 import os
 import re
 import sys
 import tempfile
-import types
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 import uuid
+
+import requests
+import tqdm
 
 #----------------------------------------------------------------------------
 # Attribute-style dictionary.
 
 class EasyDict(dict):
-    """A dict whose keys can also be read and written as attributes."""
+    """A dict whose keys can also be read, set and deleted as attributes (`d.lr` is `d['lr']`)."""
+
+    __setattr__ = dict.__setitem__
+    __delattr__ = dict.__delitem__
 
     def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
+        if name not in self:
             raise AttributeError(name)
-
-    def __setattr__(self, name, value):
-        self[name] = value
-
-    def __delattr__(self, name):
-        del self[name]
+        return self[name]
 
 #----------------------------------------------------------------------------
-# Tee of stdout/stderr into a log file.
+# Console output copied into a log file.
 
 class Logger:
-    """Replaces sys.stdout and sys.stderr; everything written goes to the original stdout and,
-    optionally, to `file_name` (opened with `file_mode`)."""
+    """Stands in for sys.stdout and sys.stderr from its creation until close(): whatever either
+    receives is written to the original stdout and, if `file_name` is given, to that file (opened
+    with `file_mode`), both flushed after every write when `should_flush`. Also a context manager."""
 
     def __init__(self, file_name=None, file_mode='w', should_flush=True):
-        self.file = open(file_name, file_mode) if file_name is not None else None
         self.should_flush = should_flush
-        self.stdout = sys.stdout
-        self.stderr = sys.stderr
-        sys.stdout = self
-        sys.stderr = self
+        self.file = None if file_name is None else open(file_name, file_mode)
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = self
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback):
-        self.close()
+    def _targets(self):
+        return [stream for stream in (self.file, self.stdout) if stream is not None]
 
     def write(self, text):
         if isinstance(text, bytes):
             text = text.decode()
-        if len(text) == 0:
+        if not text:
             return
-        if self.file is not None:
-            self.file.write(text)
-        self.stdout.write(text)
+        for stream in self._targets():
+            stream.write(text)
         if self.should_flush:
             self.flush()
 
     def flush(self):
-        if self.file is not None:
-            self.file.flush()
-        self.stdout.flush()
+        for stream in self._targets():
+            stream.flush()
 
     def isatty(self):
         return False
 
     def close(self):
+        """Flush, give sys.stdout/sys.stderr back (unless someone else replaced them since) and
+        close the log file."""
         self.flush()
-        if sys.stdout is self:
-            sys.stdout = self.stdout
-        if sys.stderr is self:
-            sys.stderr = self.stderr
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        for stream in ('stdout', 'stderr'):
+            if getattr(sys, stream) is self:
+                setattr(sys, stream, getattr(self, stream))
+        log_file, self.file = self.file, None
+        if log_file is not None:
+            log_file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc_info):
+        self.close()
 
 #----------------------------------------------------------------------------
-# Cache directory.
+# Cache folder for downloads.
 
-_dnnlib_cache_dir = None
+_cache_root = None # Set by set_cache_dir(); takes precedence over the environment.
 
 def set_cache_dir(path):
-    global _dnnlib_cache_dir
-    _dnnlib_cache_dir = path
+    global _cache_root
+    _cache_root = path
 
 def make_cache_dir_path(*paths):
-    """Cache root by priority: set_cache_dir(), $DNNLIB_CACHE_DIR, $HOME, %USERPROFILE%, tempdir."""
-    if _dnnlib_cache_dir is not None:
-        return os.path.join(_dnnlib_cache_dir, *paths)
-    if 'DNNLIB_CACHE_DIR' in os.environ:
-        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], *paths)
-    if 'HOME' in os.environ:
-        return os.path.join(os.environ['HOME'], '.cache', 'dnnlib', *paths)
-    if 'USERPROFILE' in os.environ:
-        return os.path.join(os.environ['USERPROFILE'], '.cache', 'dnnlib', *paths)
-    return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
+    """`paths` joined onto the cache root: the folder given to set_cache_dir(), else
+    $DNNLIB_CACHE_DIR, else .cache/dnnlib in the home folder ($HOME, then %USERPROFILE%), else
+    .cache/dnnlib in the system's temporary folder."""
+    root = _cache_root
+    if root is None:
+        root = os.environ.get('DNNLIB_CACHE_DIR')
+    if root is None:
+        home = os.environ.get('HOME', os.environ.get('USERPROFILE', tempfile.gettempdir()))
+        root = os.path.join(home, '.cache', 'dnnlib')
+    return os.path.join(root, *paths)
 
 #----------------------------------------------------------------------------
-# Human-readable durations.
+# Durations for humans: '42s', '3m 05s', '2h 03m 05s', '1d 02h 03m'.
+
+def _duration_fields(seconds):
+    """[(amount, unit), ...] of a rounded duration, from its largest non-zero unit down to seconds."""
+    total = int(round(seconds))
+    if total < 60:
+        return [(total, 's')]
+    fields = [(total // 86400, 'd'), (total // 3600 % 24, 'h'), (total // 60 % 60, 'm'), (total % 60, 's')]
+    while fields[0][0] == 0:
+        fields.pop(0)
+    return fields
+
+def _join_fields(fields):
+    (amount, unit), *rest = fields
+    return ' '.join([f'{amount}{unit}'] + [f'{amount:02}{unit}' for amount, unit in rest])
 
 def format_time(seconds):
-    s = int(round(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 60 * 60:
-        return f'{s // 60}m {s % 60:02}s'
-    if s < 24 * 60 * 60:
-        return f'{s // 3600}h {(s // 60) % 60:02}m {s % 60:02}s'
-    return f'{s // 86400}d {(s // 3600) % 24:02}h {(s // 60) % 60:02}m'
+    """The duration in its three largest units (or fewer, down to seconds)."""
+    return _join_fields(_duration_fields(seconds)[:3])
 
 def format_time_brief(seconds):
-    """Like format_time, but hours and days show only their two largest units."""
-    if int(round(seconds)) < 60 * 60:
-        return format_time(seconds)
-    return ' '.join(format_time(seconds).split(' ')[:2])
+    """The duration in its two largest units."""
+    return _join_fields(_duration_fields(seconds)[:2])
 
 #----------------------------------------------------------------------------
-# Objects by dotted name ("training.networks.EDMPrecond").
+# Objects by dotted name, e.g. 'training.networks.EDMPrecond' or 'torch.optim.Adam'.
 
-def get_module_from_obj_name(obj_name):
-    """Split `obj_name` into (module, attribute path) using the longest importable module prefix."""
-    obj_name = re.sub('^np.', 'numpy.', obj_name)
-    obj_name = re.sub('^tf.', 'tensorflow.', obj_name)
-    parts = obj_name.split('.')
-    for i in range(len(parts), 0, -1):
-        module_name = '.'.join(parts[:i])
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            # Only swallow "this prefix is not a module"; re-raise errors from inside real modules.
-            if err.name is None or not module_name.startswith(err.name):
-                raise
-            continue
-        local_name = '.'.join(parts[i:])
-        try:
-            get_obj_from_module(module, local_name)
-        except AttributeError:
-            continue
-        return module, local_name
-    raise ImportError(f'Cannot resolve "{obj_name}": no importable module defines it')
+def _import_or_none(module_name):
+    """The module, or None if `module_name` (or a package above it) does not exist. Import errors
+    raised from inside an existing module propagate."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as err:
+        missing = err.name or ''
+        if module_name == missing or module_name.startswith(missing + '.'):
+            return None
+        raise
 
 def get_obj_from_module(module, obj_name):
-    if obj_name == '':
+    """Follow the attribute path `obj_name` ('' = the module itself) from `module`."""
+    if not obj_name:
         return module
-    obj = module
-    for part in obj_name.split('.'):
-        obj = getattr(obj, part)
-    return obj
+    return functools.reduce(getattr, obj_name.split('.'), module)
 
-def get_obj_by_name(name):
-    module, obj_name = get_module_from_obj_name(name)
-    return get_obj_from_module(module, obj_name)
-
-def call_func_by_name(*args, func_name=None, **kwargs):
-    assert func_name is not None
-    func_obj = get_obj_by_name(func_name)
-    assert callable(func_obj)
-    return func_obj(*args, **kwargs)
-
-def construct_class_by_name(*args, class_name=None, **kwargs):
-    return call_func_by_name(*args, func_name=class_name, **kwargs)
-
-def get_top_level_function_name(obj):
-    assert callable(obj) and isinstance(obj, types.FunctionType) and obj.__module__ in sys.modules
-    module = obj.__module__
-    if module == '__main__':
-        module = os.path.splitext(os.path.basename(sys.modules[module].__file__))[0]
-    return module + '.' + obj.__name__
-
-#----------------------------------------------------------------------------
-# URLs, downloads and the on-disk cache.
-
-def is_url(obj, allow_file_urls=False):
-    """True for a string like 'scheme://host.domain/...' (and 'file://...' if allowed)."""
-    if not isinstance(obj, str) or '://' not in obj:
-        return False
-    if allow_file_urls and obj.startswith('file://'):
-        return True
+def _has_attr_path(module, attr_path):
     try:
-        res = urllib.parse.urlparse(obj)
-        if not res.scheme or not res.netloc or '.' not in res.netloc:
-            return False
-        res = urllib.parse.urlparse(urllib.parse.urljoin(obj, '/'))
-        if not res.scheme or not res.netloc or '.' not in res.netloc:
-            return False
-    except ValueError:
+        get_obj_from_module(module, attr_path)
+    except AttributeError:
         return False
     return True
 
-def url_cache_path(url, cache_dir=None):
-    """The cached copy of `url`, or None. Cache files are named '<md5 of url>_<safe file name>'."""
-    cache_dir = cache_dir if cache_dir is not None else make_cache_dir_path('downloads')
-    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
-    matches = glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + '_*'))
-    return matches[0] if len(matches) == 1 else None
+def get_module_from_obj_name(obj_name):
+    """(module, attribute path) of a dotted name: the longest importable prefix that has the rest as
+    attributes. The prefixes 'np.' and 'tf.' stand for numpy and tensorflow."""
+    for short, full in [('np.', 'numpy.'), ('tf.', 'tensorflow.')]:
+        if obj_name.startswith(short):
+            obj_name = full + obj_name[len(short):]
+    parts = obj_name.split('.')
+    for cut in range(len(parts), 0, -1):
+        module = _import_or_none('.'.join(parts[:cut]))
+        attr_path = '.'.join(parts[cut:])
+        if module is not None and _has_attr_path(module, attr_path):
+            return module, attr_path
+    raise ImportError(f'Cannot resolve "{obj_name}": no importable module defines it')
 
-def _download(url, num_attempts, verbose):
-    """Fetch `url`; returns (data, file name from Content-Disposition or the URL)."""
-    last_error = None
-    if verbose:
-        print(f'Downloading {url} ...', end='', flush=True)
-    for _attempt in range(num_attempts):
-        try:
-            with urllib.request.urlopen(url, timeout=60) as res:
-                data = res.read()
-                disposition = res.headers.get('Content-Disposition', '') or ''
-            if len(data) == 0:
-                raise IOError('empty response')
-            match = re.search(r'filename="([^"]*)"', disposition)
-            if verbose:
-                print(' done')
-            return data, (match.group(1) if match else url)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            last_error = err
-            if isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500:
-                break # Retrying does not help for "not found", "forbidden", ...
-            if verbose:
-                print('.', end='', flush=True)
-    if verbose:
-        print(' failed')
-    if isinstance(last_error, urllib.error.HTTPError):
-        reason = f'HTTP {last_error.code} {last_error.reason}'
-    else:
-        reason = getattr(last_error, 'reason', None) or last_error
-    raise IOError(f'Cannot download {url}: {reason}')
+def get_obj_by_name(name):
+    """The object a dotted name refers to."""
+    return get_obj_from_module(*get_module_from_obj_name(name))
 
-def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename=False, cache=True):
-    """Open a local path, a file:// URL or an http(s):// URL (downloaded once into the cache).
+def call_func_by_name(*args, func_name=None, **kwargs):
+    """Call the function (or class) named `func_name` with the remaining arguments."""
+    func = get_obj_by_name(func_name)
+    if not callable(func):
+        raise TypeError(f'{func_name} is not callable')
+    return func(*args, **kwargs)
 
-    Returns a binary file object, or the local file name if `return_filename`. A failed download
-    raises IOError with one line naming the URL.
-    """
-    assert num_attempts >= 1
-    assert not (return_filename and not cache)
-
-    # Local file.
-    if not re.match('^[a-z]+://', url):
-        return url if return_filename else open(url, 'rb')
-    if url.startswith('file://'):
-        filename = urllib.parse.urlparse(url).path
-        if re.match(r'^/[a-zA-Z]:', filename):
-            filename = filename[1:]
-        return filename if return_filename else open(filename, 'rb')
-    if not is_url(url):
-        raise IOError(f'Not a valid URL: {url}')
-
-    # Cached copy.
-    cache_dir = cache_dir if cache_dir is not None else make_cache_dir_path('downloads')
-    if cache:
-        cache_file = url_cache_path(url, cache_dir)
-        if cache_file is not None:
-            return cache_file if return_filename else open(cache_file, 'rb')
-
-    # Download, then store atomically: a killed process never leaves a truncated cache file.
-    data, name = _download(url, num_attempts=num_attempts, verbose=verbose)
-    if cache:
-        url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
-        safe_name = re.sub(r'[^0-9a-zA-Z-._]', '_', name)[:128]
-        cache_file = os.path.join(cache_dir, url_md5 + '_' + safe_name)
-        temp_file = os.path.join(cache_dir, 'tmp_' + uuid.uuid4().hex + '_' + url_md5 + '_' + safe_name)
-        os.makedirs(cache_dir, exist_ok=True)
-        with open(temp_file, 'wb') as f:
-            f.write(data)
-        os.replace(temp_file, cache_file)
-        if return_filename:
-            return cache_file
-    return io.BytesIO(data)
+def construct_class_by_name(*args, class_name=None, **kwargs):
+    """An instance of the class named `class_name`, built from the remaining arguments."""
+    return call_func_by_name(*args, func_name=class_name, **kwargs)
 
 #----------------------------------------------------------------------------
-# One-line error messages.
+# Files by path or URL; downloads are cached as '<md5 of the URL>_<file name>'.
+
+def is_url(obj, allow_file_urls=False):
+    """True for a string like 'scheme://host.domain/...' (and 'file://...' if allowed)."""
+    if not (isinstance(obj, str) and '://' in obj):
+        return False
+    if obj.startswith('file://') and allow_file_urls:
+        return True
+    try:
+        parsed = [urllib.parse.urlparse(obj), urllib.parse.urlparse(urllib.parse.urljoin(obj, '/'))]
+    except ValueError:
+        return False
+    return all(p.scheme and '.' in p.netloc for p in parsed)
+
+def _url_digest(url):
+    return hashlib.md5(url.encode('utf-8')).hexdigest()
+
+def _local_file(url):
+    """The file a plain path or file:// URL names (a '/' before a Windows drive letter dropped);
+    None for other URLs."""
+    if not re.match('^[a-z]+://', url):
+        return url
+    if not url.startswith('file://'):
+        return None
+    path = urllib.parse.urlparse(url).path
+    return path[1:] if re.match(r'^/[a-zA-Z]:', path) else path
+
+def _cached_file(url, cache_dir):
+    matches = glob.glob(os.path.join(glob.escape(cache_dir), _url_digest(url) + '_*'))
+    return matches[0] if len(matches) == 1 else None
+
+def _remove_abandoned_downloads(url, cache_dir, idle_seconds=600):
+    """Delete partial downloads of `url` that a killed process left behind; a file written to in
+    the last `idle_seconds` may belong to a download still running elsewhere and is kept."""
+    pattern = os.path.join(glob.escape(cache_dir), f'.{_url_digest(url)}_*.tmp-*')
+    for temp_path in glob.glob(pattern):
+        with contextlib.suppress(OSError):
+            if time.time() - os.path.getmtime(temp_path) > idle_seconds:
+                os.remove(temp_path)
+
+class _CutOff(Exception):
+    """The body of a response ended before the size the server announced."""
+
+def _announced_size(response):
+    """Content-Length of an uncompressed response, else None (then the size cannot be checked)."""
+    length = response.headers.get('Content-Length', '')
+    encoding = response.headers.get('Content-Encoding', 'identity')
+    return int(length) if length.isdigit() and encoding == 'identity' else None
+
+def _copy_body(response, f, verbose):
+    """Stream the response body into the open file `f`, with a progress bar when `verbose`.
+    Raises _CutOff when the connection breaks or fewer bytes arrive than announced."""
+    expected = _announced_size(response)
+    received = 0
+    label = os.path.basename(urllib.parse.urlparse(response.url).path)
+    with tqdm.tqdm(total=expected, desc=label, unit='B', unit_scale=True, unit_divisor=1024,
+            mininterval=1, disable=not verbose) as bar:
+        try:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        except requests.RequestException:
+            announced = '' if expected is None else f' of the {expected} announced'
+            raise _CutOff(f'connection lost after {received}{announced} bytes') from None
+    if expected is not None and received != expected:
+        raise _CutOff(f'cut off: {received} of the {expected} announced bytes arrived')
+    if received == 0:
+        raise _CutOff('empty response')
+
+def _save_in_cache(response, url, cache_dir, verbose):
+    """Stream the response into the cache as '<md5 of the URL>_<file name>', where the name comes
+    from the server's Content-Disposition, else from the URL. Written atomically: an interrupted
+    download never leaves a file that a later call would take for complete."""
+    disposition = re.search(r'filename="([^"]*)"', response.headers.get('Content-Disposition', ''))
+    name = re.sub(r'[^0-9a-zA-Z._-]', '_', disposition.group(1) if disposition else url)[:128]
+    path = os.path.join(cache_dir, f'{_url_digest(url)}_{name}')
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with atomic_write(path) as temp_path, open(temp_path, 'wb') as f:
+            _copy_body(response, f, verbose)
+    except OSError as err:
+        raise IOError(f'Cannot download {url}: cannot write to the cache folder {cache_dir} '
+            f'({err.strerror or err}); point DNNLIB_CACHE_DIR to a writable folder') from None
+    return path
+
+def _save_in_temp_file(response, verbose):
+    """Stream the response into an anonymous temporary file, returned open at its start."""
+    f = tempfile.TemporaryFile()
+    try:
+        _copy_body(response, f, verbose)
+    except BaseException:
+        f.close()
+        raise
+    f.seek(0)
+    return f
+
+def _is_client_error(err):
+    """An HTTP 4xx answer (not found, forbidden, ...) other than timeouts and rate limits:
+    asking again gives the same answer."""
+    status = err.response.status_code if isinstance(err, requests.HTTPError) else None
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
+
+def _failure_reason(err):
+    """One short line: the HTTP status, the operating system's reason, or the error itself."""
+    if isinstance(err, requests.HTTPError):
+        return f'HTTP {err.response.status_code} {err.response.reason}'
+    os_reason = re.search(r'\[Errno -?\d+\] [^\'"()]+', str(err))
+    if os_reason:
+        return os_reason.group(0).strip()
+    return str(err) if isinstance(err, _CutOff) else error_summary(err)
+
+def _download(url, save, num_attempts, verbose):
+    """GET `url` and hand the streamed response to `save(response)`, whose result is returned.
+    Network failures and incomplete bodies are tried again, up to `num_attempts` times in all;
+    HTTP client errors are not. Failure raises IOError with one line naming the URL."""
+    if verbose:
+        print(f'Downloading {url}', flush=True)
+    for attempt in range(1, num_attempts + 1):
+        try:
+            # Ask for the body as stored, so that Content-Length counts the bytes written to disk.
+            with requests.get(url, stream=True, timeout=60, headers={'Accept-Encoding': 'identity'}) as response:
+                response.raise_for_status()
+                return save(response)
+        except (requests.RequestException, _CutOff) as err:
+            failure = err
+            if _is_client_error(err):
+                break
+            if verbose and attempt < num_attempts:
+                print(f'Attempt {attempt} of {num_attempts} failed ({_failure_reason(err)}); trying again', flush=True)
+    raise IOError(f'Cannot download {url}: {_failure_reason(failure)}')
+
+def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename=False, cache=True):
+    """A binary file object for a local path, a file:// URL or an http(s):// URL. A URL is
+    downloaded once into `cache_dir` (default: the 'downloads' cache folder) and the returned file
+    is the cached copy; with `cache=False` it is an anonymous temporary file instead. With
+    `return_filename`, the local file name is returned instead of an open file (needs `cache`).
+    A failed download raises IOError with one line naming the URL and leaves nothing in the cache."""
+    assert num_attempts >= 1 and (cache or not return_filename)
+    path = _local_file(url)
+    if path is None:
+        if not is_url(url):
+            raise IOError(f'Not a valid URL: {url}')
+        if cache_dir is None:
+            cache_dir = make_cache_dir_path('downloads')
+        if not cache:
+            return _download(url, functools.partial(_save_in_temp_file, verbose=verbose), num_attempts, verbose)
+        path = _cached_file(url, cache_dir)
+        if path is None:
+            _remove_abandoned_downloads(url, cache_dir)
+            save = functools.partial(_save_in_cache, url=url, cache_dir=cache_dir, verbose=verbose)
+            path = _download(url, save, num_attempts, verbose)
+    return path if return_filename else open(path, 'rb')
+
+#----------------------------------------------------------------------------
+# Errors and output files.
 
 def error_summary(err):
     """'ExceptionType: first line of its message', for error messages that must stay on one line."""
     lines = str(err).strip().splitlines()
     return f'{type(err).__name__}: {lines[0]}' if lines else type(err).__name__
 
-#----------------------------------------------------------------------------
-# Atomic output files.
-
-class atomic_write:
-    """Context manager yielding a temporary path beside `path`; on success the temporary file
-    is renamed to `path`, on error it is removed. Readers never see a partial file."""
-
-    def __init__(self, path):
-        self.path = path
-        directory, name = os.path.split(os.path.abspath(path))
-        self.temp_path = os.path.join(directory, f'.{name}.tmp-{uuid.uuid4().hex[:8]}')
-
-    def __enter__(self):
-        return self.temp_path
-
-    def __exit__(self, exc_type, exc_value, traceback):
-        if exc_type is None:
-            os.replace(self.temp_path, self.path)
-        elif os.path.exists(self.temp_path):
-            os.remove(self.temp_path)
-        return False
+@contextlib.contextmanager
+def atomic_write(path, fsync=False):
+    """Yield a temporary path beside `path` for the caller to write; when the body succeeds the
+    file is (optionally) flushed to disk and renamed onto `path`, otherwise it is deleted.
+    Readers therefore see either the old file or the complete new one, never a partial one."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temp_path = os.path.join(folder, f'.{name}.tmp-{uuid.uuid4().hex[:8]}')
+    try:
+        yield temp_path
+        if fsync:
+            with open(temp_path, 'rb+') as f:
+                os.fsync(f.fileno())
+        os.replace(temp_path, path)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
 
 #----------------------------------------------------------------------------
-# Command-line lists ("1,2,5-10" -> [1, 2, 5, 6, 7, 8, 9, 10]), cli.md "int-list parser".
+# Command-line integer lists: '1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10].
+
+def _int_list_piece(piece):
+    """The integers of one comma-separated piece: 'a-b' (inclusive range) or a single integer."""
+    bounds = re.fullmatch(r'(\d+)-(\d+)', piece)
+    if bounds:
+        first, last = (int(b) for b in bounds.groups())
+        return range(first, last + 1)
+    try:
+        return [int(piece)]
+    except ValueError:
+        raise ValueError(f'"{piece}" is not an integer or a range like 5-10') from None
 
 def parse_int_list(s):
-    """Split on ',' and expand inclusive ranges 'a-b'; a list is returned unchanged.
-    Raises ValueError naming the offending piece."""
+    """Expand a comma-separated list of integers and inclusive ranges; a list (click's default) is
+    returned unchanged. Raises ValueError naming the offending piece."""
     if isinstance(s, list):
         return s
-    values = []
-    for piece in s.split(','):
-        match = re.fullmatch(r'(\d+)-(\d+)', piece)
-        if match:
-            values.extend(range(int(match.group(1)), int(match.group(2)) + 1))
-        else:
-            try:
-                values.append(int(piece))
-            except ValueError:
-                raise ValueError(f'"{piece}" is not an integer or a range like 5-10') from None
-    return values
+    return [value for piece in s.split(',') for value in _int_list_piece(piece)]

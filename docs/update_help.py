@@ -14,6 +14,7 @@ HELP_COMMANDS = {
     'generate-help.txt':     [['generate.py', '--help']],
     'fid-help.txt':          [['fid.py', '--help'], ['fid.py', 'calc', '--help'], ['fid.py', 'ref', '--help'], ['fid.py', 'sqa', '--help']],
     'dataset-tool-help.txt': [['dataset_tool.py', '--help']],
+    'export-help.txt':       [['-m', 'training.export', '--help']],
 }
 
 def render(commands):

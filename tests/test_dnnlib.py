@@ -5,21 +5,38 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 
 import pytest
 
 import dnnlib
 from dnnlib import util
 
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the files of the server's folder, counts the requests, and answers /cut-off.bin
+    with a body shorter than its Content-Length."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        if self.path != '/cut-off.bin':
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header('Content-Length', '1000')
+        self.end_headers()
+        self.wfile.write(b'only the first bytes')
+
+    def log_message(self, *args):
+        pass
+
 @pytest.fixture
 def http_root(tmp_path):
-    """A local HTTP server serving tmp_path/www; yields (base_url, root, stop)."""
+    """A local HTTP server serving tmp_path/www; yields (base_url, root, stop). The paths it was
+    asked for are in http_root.requests."""
     root = tmp_path / 'www'
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Handler, directory=str(root)))
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
     thread.start()
     stopped = []
     def stop():
@@ -27,6 +44,7 @@ def http_root(tmp_path):
             server.shutdown()
             server.server_close()
             stopped.append(True)
+    stop.requests = server.requests
     yield f'http://127.0.0.1:{server.server_address[1]}', root, stop
     stop()
 
@@ -49,6 +67,7 @@ def test_open_url_downloads_once_into_cache(http_root, tmp_path, monkeypatch):
     md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
     cached = os.listdir(tmp_path / 'cache' / 'downloads')
     assert len(cached) == 1 and cached[0].startswith(md5 + '_') and '/' not in cached[0][33:]
+    assert stop.requests == ['/net.pkl']
     stop() # Offline from now on: the cached copy must be used.
     with util.open_url(url, verbose=False) as f:
         assert f.read() == b'weights'
@@ -62,9 +81,54 @@ def test_open_url_offline_fails_with_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 def test_open_url_http_error_is_not_retried(http_root, tmp_path):
-    base, _root, _stop = http_root
-    with pytest.raises(IOError, match='404'):
-        util.open_url(base + '/absent.npz', cache_dir=str(tmp_path), verbose=False)
+    base, _root, stop = http_root
+    with pytest.raises(IOError, match='404') as info:
+        util.open_url(base + '/absent.npz', cache_dir=str(tmp_path / 'cache'), verbose=False)
+    assert str(info.value) == f'Cannot download {base}/absent.npz: HTTP 404 File not found'
+    assert stop.requests == ['/absent.npz'] and not (tmp_path / 'cache').exists()
+
+def test_open_url_cut_off_download_is_an_error_and_not_cached(http_root, tmp_path):
+    base, _root, stop = http_root
+    url = base + '/cut-off.bin'
+    with pytest.raises(IOError) as info:
+        util.open_url(url, cache_dir=str(tmp_path / 'cache'), num_attempts=2, verbose=False)
+    message = str(info.value)
+    assert message.startswith(f'Cannot download {url}: ') and '1000' in message and '\n' not in message
+    assert stop.requests == ['/cut-off.bin'] * 2 # Retried once.
+    assert os.listdir(tmp_path / 'cache') == [] # Neither a cached file nor a temporary one.
+
+def test_open_url_streams_with_progress_and_without_cache(http_root, tmp_path, capsys):
+    base, root, stop = http_root
+    (root / 'big.bin').write_bytes(bytes(range(256)) * 10000)
+    with util.open_url(base + '/big.bin', cache_dir=str(tmp_path / 'cache'), cache=False) as f:
+        assert f.read() == bytes(range(256)) * 10000
+    assert not (tmp_path / 'cache').exists()
+    captured = capsys.readouterr()
+    assert captured.out == f'Downloading {base}/big.bin\n' and 'big.bin' in captured.err and '2.44M' in captured.err
+
+def test_open_url_removes_abandoned_partial_downloads(http_root, tmp_path):
+    base, root, _stop = http_root
+    (root / 'net.pkl').write_bytes(b'weights')
+    url = base + '/net.pkl'
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    abandoned, recent, other = (cache / f'.{md5}_net.pkl.tmp-0000000{i}' for i in range(3))
+    for path in (abandoned, recent, other):
+        path.write_bytes(b'partial')
+    os.utime(abandoned, (time.time() - 3600, time.time() - 3600))
+    os.rename(other, cache / '.0123_other.tmp-1')
+    assert util.open_url(url, cache_dir=str(cache), return_filename=True, verbose=False).startswith(str(cache / md5))
+    assert sorted(os.listdir(cache)) == sorted(['.0123_other.tmp-1', recent.name, f'{md5}_{url}'.replace(':', '_').replace('/', '_')])
+
+def test_open_url_unwritable_cache_is_one_line(http_root, tmp_path):
+    base, root, _stop = http_root
+    (root / 'net.pkl').write_bytes(b'weights')
+    (tmp_path / 'a_file.txt').write_text('')
+    with pytest.raises(IOError) as info:
+        util.open_url(base + '/net.pkl', cache_dir=str(tmp_path / 'a_file.txt' / 'cache'), verbose=False)
+    assert str(info.value).startswith(f'Cannot download {base}/net.pkl: cannot write to the cache folder')
+    assert 'DNNLIB_CACHE_DIR' in str(info.value) and '\n' not in str(info.value)
 
 def test_make_cache_dir_path_priority(monkeypatch, tmp_path):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'env'))

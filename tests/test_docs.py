@@ -10,7 +10,7 @@ def load_update_help(repo):
     spec.loader.exec_module(module)
     return module
 
-@pytest.mark.parametrize('name', ['train-help.txt', 'generate-help.txt', 'fid-help.txt', 'dataset-tool-help.txt'])
+@pytest.mark.parametrize('name', ['train-help.txt', 'generate-help.txt', 'fid-help.txt', 'dataset-tool-help.txt', 'export-help.txt'])
 def test_help_text_matches_cli(repo, name):
     update_help = load_update_help(repo)
     expected = update_help.render(update_help.HELP_COMMANDS[name])

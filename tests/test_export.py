@@ -234,3 +234,33 @@ def test_is_exported(tmp_path):
     assert not is_exported(str(tmp_path / 'e'))
     assert not is_exported(str(tmp_path / 'snap.pkl'))
     assert not is_exported('https://example.com/model.safetensors')
+
+#----------------------------------------------------------------------------
+# The tools accept an export wherever they accept a network pickle (through load_snapshot).
+
+def test_generate_gives_the_same_images_from_the_export(tmp_path):
+    import generate # pylint: disable=import-outside-toplevel
+    net = trained('edm-song')
+    pkl = tmp_path / 'net.pkl'
+    save_snapshot(str(pkl), dict(ema=net, loss_fn=None, augment_pipe=None, dataset_kwargs={}))
+    export_network(net, str(tmp_path / 'exported'))
+    outputs = {}
+    for name, source in [('pkl', pkl), ('dir', tmp_path / 'exported'), ('file', tmp_path / 'exported' / 'model.safetensors')]:
+        outdir = tmp_path / f'out-{name}'
+        result = CliRunner().invoke(generate.main, [f'--network={source}', f'--outdir={outdir}', '--seeds=0-2', '--steps=4'])
+        assert result.exit_code == 0, result.output
+        outputs[name] = {file: (outdir / file).read_bytes() for file in sorted(os.listdir(outdir))}
+    assert len(outputs['pkl']) == 3
+    assert outputs['dir'] == outputs['pkl'] and outputs['file'] == outputs['pkl']
+
+def test_load_snapshot_and_transfer_accept_the_export(tmp_path):
+    from training.snapshot import load_snapshot # pylint: disable=import-outside-toplevel
+    from train_helpers import dry_run_options, make_image_folder # pylint: disable=import-outside-toplevel
+    net = trained('edm-song')
+    export_network(net, str(tmp_path / 'exported'))
+    data = load_snapshot(str(tmp_path / 'exported'))
+    assert set(data) == {'ema'}
+    assert torch.equal(denoised(data['ema']), denoised(net))
+    folder = make_image_folder(str(tmp_path / 'data'), num_images=4, resolution=8)
+    options = dry_run_options([f'--outdir={tmp_path / "runs"}', f'--data={folder}', f'--transfer={tmp_path / "exported"}'])
+    assert options['resume_pkl'] == str(tmp_path / 'exported')

@@ -70,3 +70,10 @@ def test_single_process_distributed_init():
     x = torch.ones(2)
     torch.distributed.all_reduce(x)
     assert x.tolist() == [1.0, 1.0]
+
+@pytest.mark.parametrize('device, nccl_built, backend', [
+    ('cuda', True, 'nccl'), ('cuda', False, 'gloo'), ('cpu', True, 'gloo'), ('cpu', False, 'gloo'), ('mps', False, 'gloo'),
+])
+def test_backend_is_gloo_unless_cuda_with_nccl(monkeypatch, device, nccl_built, backend):
+    monkeypatch.setattr(torch.distributed, 'is_nccl_available', lambda: nccl_built)
+    assert distributed.backend_for(torch.device(device)) == backend

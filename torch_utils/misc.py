@@ -77,7 +77,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
         assert len(dataset) > 0, 'the dataset is empty'
         assert num_replicas > 0 and 0 <= rank < num_replicas, f'invalid rank {rank} of {num_replicas}'
         assert 0 <= window_size <= 1, 'window_size is a fraction of the dataset'
-        super().__init__()
+        # No Sampler.__init__ call: it does nothing today and wanted a data_source in PyTorch 2.0.
         self.dataset = dataset
         self.rank, self.num_replicas = rank, num_replicas
         self.shuffle, self.seed, self.window_size = shuffle, seed, window_size

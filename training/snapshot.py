@@ -115,25 +115,36 @@ def load_snapshot(path_or_url, verbose=True, allow_code=None):
 
     `allow_code=None` follows the environment variable EDM_ALLOW_PICKLE_CODE.
     Raises SnapshotError or IOError with a one-line message naming the file.
+
+    An exported network (a folder with model.safetensors and config.json, or the .safetensors
+    file itself; see training/export.py) is accepted too and gives a dict with 'ema' only.
     """
+    from training import export # pylint: disable=import-outside-toplevel # export imports this module.
+    if export.is_exported(path_or_url):
+        return dict(ema=export.load_exported(path_or_url))
     try:
         with dnnlib.util.open_url(path_or_url, verbose=verbose) as f:
-            data = f.read()
+            return _checked_snapshot(_unpickle_network(f, path_or_url, allow_code), path_or_url)
     except FileNotFoundError:
         raise IOError(f'{path_or_url}: no such file') from None
     except IsADirectoryError:
         raise IOError(f'{path_or_url}: is a directory, expected a network pickle (.pkl)') from None
-    if zipfile.is_zipfile(io.BytesIO(data)):
+
+def _unpickle_network(f, path_or_url, allow_code):
+    """Unpickle straight from the open file (a network pickle can be over a gigabyte: no copy)."""
+    if zipfile.is_zipfile(f):
         raise SnapshotError(f'{path_or_url}: this is a torch.save archive (a training state?), expected a network pickle such as network-snapshot-*.pkl')
+    f.seek(0)
     try:
         if _code_allowed(allow_code):
-            snapshot = pickle.loads(data)
-        else:
-            snapshot = _SafeUnpickler(io.BytesIO(data), path_or_url, _persistent_classes()).load()
+            return pickle.load(f)
+        return _SafeUnpickler(f, path_or_url, _persistent_classes()).load()
     except SnapshotError:
         raise
     except Exception as err: # Truncated or corrupt files fail in many ways inside pickle.
         raise SnapshotError(f'{path_or_url}: not a readable network pickle ({dnnlib.util.error_summary(err)})') from None
+
+def _checked_snapshot(snapshot, path_or_url):
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get('ema'), torch.nn.Module):
         raise SnapshotError(f'{path_or_url}: expected a network snapshot (a dict with a network under "ema")')
     return snapshot
