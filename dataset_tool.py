@@ -10,7 +10,6 @@ import pickle
 import re
 import shutil
 import tarfile
-import tempfile
 import uuid
 import zipfile
 import zlib
@@ -307,16 +306,9 @@ def check_dest(dest):
 
 def check_writable(dest):
     """The temporary output and the missing parent folders of `dest` are made in its nearest
-    existing ancestor folder: an anonymous temporary file there proves that this is allowed,
-    without leaving anything behind."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise click.ClickException(f'--dest: cannot write to "{dest}" ({folder} is a file, not a folder)')
+    existing ancestor folder, which must therefore accept new files."""
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        dnnlib.util.check_can_create(dest)
     except OSError as err:
         raise click.ClickException(f'--dest: cannot write to "{dest}" ({err.strerror or err})') from None
 

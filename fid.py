@@ -3,11 +3,11 @@ are in training/fid_stats.py, which a notebook can call directly."""
 
 import contextlib
 import os
-import tempfile
 
 import click
 import torch
 
+import dnnlib
 from torch_utils import distributed as dist
 from training import fid_stats, inception
 
@@ -35,12 +35,8 @@ def check_dest(dest_path):
     target = fid_stats.npz_path(dest_path)
     if os.path.isdir(target):
         raise click.ClickException(f'--dest="{dest_path}": "{target}" is a folder; expected a file name')
-    folder = os.path.dirname(os.path.abspath(target))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        dnnlib.util.check_can_create(target)
     except OSError as err:
         raise click.ClickException(f'--dest="{dest_path}": cannot write to "{target}" ({err.strerror or err})') from None
 

@@ -2,6 +2,8 @@
 training.generation.generate_images.
 
 Every image depends only on its seed, so neither --batch nor the number of processes changes it.
+The fast path (--fast and the knobs behind it) gives close but not bit-identical images, and with
+--bf16 an image may also change slightly with --batch; a given --batch reproduces the same images.
 
     python generate.py --network=network-snapshot-200000.pkl --outdir=out --seeds=0-63
     torchrun --standalone --nproc_per_node=2 generate.py --network=... --outdir=out --seeds=0-49999 --subdirs
@@ -9,7 +11,6 @@ Every image depends only on its seed, so neither --batch nor the number of proce
 
 import os
 import re
-import tempfile
 
 import click
 import PIL.Image
@@ -17,6 +18,7 @@ import tqdm
 
 import dnnlib
 from torch_utils import distributed as dist
+from training import fast_path
 from training.generation import check_class_idx, check_denoiser, check_noise_range, generate_images, load_network
 from training.snapshot import SnapshotError
 
@@ -45,20 +47,12 @@ def check_noise_options(sigma_min, sigma_max):
         raise click.ClickException(f'--sigma_min={sigma_min:g} must be smaller than --sigma_max={sigma_max:g}')
 
 def check_outdir(outdir):
-    """`outdir` must be a folder that can be written, or one that can be created in its nearest
-    existing ancestor. An anonymous temporary file proves it and leaves nothing behind."""
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise click.ClickException(f'--outdir="{outdir}" exists and is not a folder')
-    ancestor = os.path.abspath(outdir)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise click.ClickException(f'--outdir="{outdir}": cannot create it below the file "{ancestor}"')
+    """--outdir must be a folder that can be written, or one that can be created below its nearest
+    existing ancestor (checked without leaving anything behind)."""
     try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
+        dnnlib.util.check_can_create_folder(outdir)
     except OSError as err:
-        raise click.ClickException(f'--outdir="{outdir}": cannot write to "{ancestor}" ({err.strerror or err})') from None
+        raise click.ClickException(f'--outdir="{outdir}": cannot write to it ({err.strerror or err})') from None
 
 def check_network(net, class_idx, sampler_kwargs):
     """A preconditioned denoiser with 1 or 3 channels (what a PNG holds), --class among its classes,
@@ -117,7 +111,15 @@ def save_png(image, path):
 @click.option('--disc', 'discretization', type=click.Choice(['vp', 've', 'iddpm', 'edm']), metavar='vp|ve|iddpm|edm', help='Ablation: noise-level discretisation')
 @click.option('--schedule', type=click.Choice(['vp', 've', 'linear']), metavar='vp|ve|linear', help='Ablation: noise schedule sigma(t)')
 @click.option('--scaling', type=click.Choice(['vp', 'none']), metavar='vp|none', help='Ablation: signal scaling s(t)')
-def main(network_pkl, outdir, subdirs, seeds, class_idx, max_batch_size, **sampler_kwargs):
+# Speed: the fast path (bit-identical images only without these options).
+@click.option('--fast', is_flag=True, help='Turn on the knobs below that measured fastest on this device')
+@click.option('--bf16', metavar='BOOL', type=bool, help='Run the U-Net under bfloat16 autocast  [default: off]')
+@click.option('--channels-last', metavar='BOOL', type=bool, help='Channels-last memory format for the U-Net  [default: off]')
+@click.option('--tf32', metavar='BOOL', type=bool, help='TensorFloat-32 matmuls and convolutions on CUDA  [default: off]')
+@click.option('--compile', 'compile_unet', metavar='BOOL', type=bool, help='torch.compile the U-Net; CUDA graphs on CUDA (costs compile time)  [default: off]')
+@click.option('--fused', metavar='BOOL', type=bool, help='Fused attention kernel  [default: off]')
+def main(network_pkl, outdir, subdirs, seeds, class_idx, max_batch_size, fast, bf16, channels_last, tf32, compile_unet, fused,
+         **sampler_kwargs):
     """Sample images from a network pickle, one PNG per seed.
 
     \b
@@ -127,6 +129,7 @@ def main(network_pkl, outdir, subdirs, seeds, class_idx, max_batch_size, **sampl
           --outdir=fid-images --seeds=0-49999 --subdirs
       python generate.py --network=snapshot.pkl --outdir=out --steps=256 \\
           --solver=euler --disc=vp --schedule=vp --scaling=vp
+      python generate.py --network=snapshot.pkl --outdir=out --fast
     """
     # With a single step the time-step formula would divide 0 by 0 and give NaN images.
     if sampler_kwargs['num_steps'] < 2:
@@ -141,6 +144,10 @@ def main(network_pkl, outdir, subdirs, seeds, class_idx, max_batch_size, **sampl
     except (SnapshotError, OSError) as err:
         raise click.ClickException(str(err))
     check_network(net, class_idx, sampler_kwargs)
+    speed = fast_path.resolve(dist.get_device(), fast=fast, bf16=bf16, channels_last=channels_last, tf32=tf32,
+                              compile=compile_unet, fused=fused)
+    if speed.enabled:
+        dist.print0('Fast path: ' + ', '.join(knob for knob, on in speed.as_dict().items() if on))
 
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
     if dist.get_rank() == 0:
@@ -148,7 +155,8 @@ def main(network_pkl, outdir, subdirs, seeds, class_idx, max_batch_size, **sampl
         if num_existing:
             print(f'Note: {num_existing} of these images already exist and will be replaced.')
 
-    batches = generate_images(net, seeds, class_idx=class_idx, max_batch_size=max_batch_size, device=dist.get_device(), **sampler_kwargs)
+    batches = generate_images(net, seeds, class_idx=class_idx, max_batch_size=max_batch_size, device=dist.get_device(),
+                              fast=speed, **sampler_kwargs)
     num_batches = len(dist.split_batches(seeds, max_batch_size))
     for batch in tqdm.tqdm(batches, total=num_batches, unit='batch', disable=(dist.get_rank() != 0)):
         for seed, image in zip(batch.seeds, batch.images):

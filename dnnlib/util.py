@@ -5,6 +5,7 @@ because pickles (and the source code embedded in official EDM pickles) refer to 
 """
 
 import contextlib
+import errno
 import functools
 import glob
 import hashlib
@@ -366,6 +367,24 @@ def atomic_write(path, fsync=False):
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)
+
+def check_can_create_folder(path):
+    """Raise OSError unless `path` is a folder that can be written, or one that can be created."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, f'"{path}" exists and is not a directory')
+    check_can_create(os.path.join(path, 'any-file'))
+
+def check_can_create(path):
+    """Raise OSError (with a readable strerror) unless `path` can be created: its nearest existing
+    ancestor must be a folder in which files can be made. Tried with an anonymous temporary file,
+    so nothing is left behind; missing folders on the way are not created."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(errno.ENOTDIR, f'"{ancestor}" is a file, not a folder')
+    with tempfile.TemporaryFile(dir=ancestor):
+        pass
 
 #----------------------------------------------------------------------------
 # Command-line integer lists: '1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10].

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import generate
 from torch_utils import persistence
-from training import generation, networks
+from training import fast_path, generation, networks
 from training.samplers import StackedRandomGenerator, edm_sampler
 
 from sampling_helpers import WEIGHTS, cli_args, golden_network, sampling_meta, write_snapshot
@@ -64,12 +64,14 @@ def test_options_defaults_and_metavars():
     params = generate.main.make_context('generate.py', ['--network=n.pkl', '--outdir=out']).params
     assert params == dict(network_pkl='n.pkl', outdir='out', seeds=list(range(64)), subdirs=False, class_idx=None,
                           max_batch_size=64, num_steps=18, sigma_min=None, sigma_max=None, rho=7, S_churn=0, S_min=0,
-                          S_max=float('inf'), S_noise=1, solver=None, discretization=None, schedule=None, scaling=None)
+                          S_max=float('inf'), S_noise=1, solver=None, discretization=None, schedule=None, scaling=None,
+                          fast=False, bf16=None, channels_last=None, tf32=None, compile_unet=None, fused=None)
     metavars = {param.opts[0]: param.metavar for param in generate.main.params}
     assert metavars == {'--network': 'PATH|URL', '--outdir': 'DIR', '--seeds': 'LIST', '--subdirs': None, '--class': 'INT',
                         '--batch': 'INT', '--steps': 'INT', '--sigma_min': 'FLOAT', '--sigma_max': 'FLOAT', '--rho': 'FLOAT',
                         '--S_churn': 'FLOAT', '--S_min': 'FLOAT', '--S_max': 'FLOAT', '--S_noise': 'FLOAT',
-                        '--solver': 'euler|heun', '--disc': 'vp|ve|iddpm|edm', '--schedule': 'vp|ve|linear', '--scaling': 'vp|none'}
+                        '--solver': 'euler|heun', '--disc': 'vp|ve|iddpm|edm', '--schedule': 'vp|ve|linear', '--scaling': 'vp|none',
+                        '--fast': None, '--bf16': 'BOOL', '--channels-last': 'BOOL', '--tf32': 'BOOL', '--compile': 'BOOL', '--fused': 'BOOL'}
     help_text = ' '.join(CliRunner().invoke(generate.main, ['--help']).output.split()) # Undo line wrapping.
     for shown in ['[default: 0-63]', '[default: 64; x>=1]', '[default: 18; x>=1]', 'x>0', '[default: inf; x>=0]', '[default: random]', '[default: varies]']:
         assert shown in help_text
@@ -160,6 +162,73 @@ def test_generate_images_yields_the_cli_pixels(golden, snapshots, tmp_path):
     assert batch.seeds == [2, 5] and batch.labels.tolist() == [3, 3]
     with pytest.raises(ValueError, match='out of range'):
         next(generation.generate_images(golden_network(golden, 'pert'), [0], class_idx=4, device='cpu'))
+
+#----------------------------------------------------------------------------
+# The fast path: close to the faithful images, reproducible for a given batch size.
+
+def test_fast_writes_pngs_close_to_the_faithful_ones(snapshots, tmp_path):
+    base = [f'--network={snapshots["pert"]}', '--seeds=0-3', '--steps=4']
+    faithful = run_generate(base + [f'--outdir={tmp_path / "faithful"}'])
+    fast = run_generate(base + [f'--outdir={tmp_path / "fast"}', '--fast'])
+    assert faithful.exit_code == 0 and fast.exit_code == 0, fast.output
+    knobs = fast_path.fastest_for('cpu').as_dict()
+    assert 'Fast path: ' + ', '.join(knob for knob, on in knobs.items() if on) in fast.output
+    assert 'Fast path' not in faithful.output
+    names = list_files(tmp_path / 'faithful')
+    assert list_files(tmp_path / 'fast') == names == [f'{seed:06d}.png' for seed in range(4)]
+    modes, images = read_pngs(tmp_path / 'fast', names)
+    diff = np.abs(images.astype(int) - read_pngs(tmp_path / 'faithful', names)[1])
+    assert set(modes) == {'RGB'} and diff.mean() < 2
+
+def test_bf16_alone_runs_the_network_in_bfloat16(golden, snapshots, tmp_path, monkeypatch):
+    net = golden_network(golden, 'pert')
+    model_dtypes = []
+    net.model.register_forward_hook(lambda _module, _inputs, output: model_dtypes.append(output.dtype))
+    monkeypatch.setattr(generate, 'load_network', lambda _path: net)
+    result = run_generate([f'--network={snapshots["pert"]}', f'--outdir={tmp_path / "bf16"}', '--seeds=0-3', '--steps=4', '--bf16=1'])
+    assert result.exit_code == 0, result.output
+    assert 'Fast path: bf16\n' in result.output
+    assert set(model_dtypes) == {torch.bfloat16} and len(model_dtypes) == 7 # 2 N - 1 evaluations.
+    assert next(net.parameters()).dtype == torch.float32
+    names = list_files(tmp_path / 'bf16')
+    run_generate([f'--network={snapshots["pert"]}', f'--outdir={tmp_path / "faithful"}', '--seeds=0-3', '--steps=4'])
+    diff = np.abs(read_pngs(tmp_path / 'bf16', names)[1].astype(int) - read_pngs(tmp_path / 'faithful', names)[1])
+    assert 0 < diff.mean() < 5
+
+def test_explicit_knobs_override_fast(snapshots, tmp_path):
+    args = [f'--network={snapshots["gray"]}', f'--outdir={tmp_path}', '--seeds=0', '--steps=2', '--fast', '--channels-last=0',
+            '--fused=0', '--bf16=0', '--tf32=0']
+    result = run_generate(args)
+    assert result.exit_code == 0 and 'Fast path' not in result.output, result.output
+    result = run_generate(args[:-1] + ['--tf32=1'])
+    assert result.exit_code == 0 and 'Fast path: tf32\n' in result.output, result.output
+
+def test_fast_path_is_deterministic_for_a_batch_size(snapshots, tmp_path):
+    for run in ('first', 'second'):
+        result = run_generate([f'--network={snapshots["pert"]}', f'--outdir={tmp_path / run}', '--seeds=0-4', '--batch=3',
+                               '--steps=4', '--S_churn=10', '--fast', '--bf16=1'])
+        assert result.exit_code == 0, result.output
+    names = list_files(tmp_path / 'first')
+    assert len(names) == 5 and list_files(tmp_path / 'second') == names
+    for name in names:
+        assert (tmp_path / 'first' / name).read_bytes() == (tmp_path / 'second' / name).read_bytes()
+
+def test_faithful_after_fast_in_one_process_is_unchanged(golden, snapshots):
+    # The fast path's switches are process-wide (the attention kernel); a later faithful call resets them.
+    def sample(fast):
+        [batch] = generation.generate_images(golden_network(golden, 'pert'), [0, 1], device='cpu', fast=fast, num_steps=3)
+        return batch.images.numpy()
+    before = sample(fast_path.FastPath())
+    sample(fast_path.FastPath(fused=True, channels_last=True))
+    np.testing.assert_array_equal(sample(fast_path.FastPath()), before)
+
+def test_compile_compiles_the_unet(golden, monkeypatch):
+    modes = []
+    net = golden_network(golden, 'pert')
+    monkeypatch.setattr(net.model, 'compile', lambda mode=None: modes.append(mode))
+    denoiser = generation.prepare_denoiser(net, fast_path.FastPath(compile=True), torch.device('cpu'))
+    assert modes == [None] and isinstance(denoiser, generation.FastDenoiser) # CUDA graphs ("reduce-overhead") on CUDA only.
+    assert generation.prepare_denoiser(net, fast_path.FastPath(), torch.device('cpu')) is net
 
 #----------------------------------------------------------------------------
 # Multi-process generation.

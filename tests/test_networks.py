@@ -239,3 +239,78 @@ def test_attention_weights_match_float64_softmax():
 def test_unknown_model_type_is_rejected():
     with pytest.raises(ValueError, match='model_type'):
         networks.EDMPrecond(img_resolution=8, img_channels=1, model_type='NoSuchNet')
+
+#----------------------------------------------------------------------------
+# The fast path: fused attention, channels_last and bfloat16 autocast.
+
+@pytest.fixture
+def fast_attention():
+    """Turn the fused attention kernel on for one test, and off again afterwards."""
+    previous = networks.use_fast_attention(True)
+    assert previous is False # off unless asked for
+    yield
+    networks.use_fast_attention(False)
+
+TINY_ATTENTION_NETS = {
+    'songunet': dict(model_type='SongUNet', model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8]),
+    'dhariwalunet': dict(model_type='DhariwalUNet', model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8, 4]),
+}
+
+def tiny_attention_net(kind):
+    """A small EDM network whose attention has one head (SongUNet) or several (DhariwalUNet, 64
+    channels per head), with weights that make every branch matter."""
+    torch.manual_seed(3)
+    net = networks.EDMPrecond(img_resolution=8, img_channels=3, dropout=0, **TINY_ATTENTION_NETS[kind])
+    pert_fill(5, net)
+    return net.eval()
+
+def denoise_with_grad(net, x, sigma):
+    """D(x; sigma) and d(sum D * r)/d(x) for a fixed random r."""
+    x = x.clone().requires_grad_(True)
+    D_x = net(x, sigma)
+    weights = torch.randn(D_x.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad((D_x * weights).sum(), [x])
+    return D_x.detach(), grad
+
+def assert_relative_close(actual, expected, rel):
+    assert float((actual - expected).abs().max()) <= rel * float(expected.abs().max())
+
+@pytest.mark.parametrize('kind', list(TINY_ATTENTION_NETS))
+def test_fast_attention_matches_reference(kind, request):
+    """scaled_dot_product_attention computes the same attention: output and input gradient agree
+    with the reference arithmetic to float32 rounding."""
+    net = tiny_attention_net(kind)
+    x = torch.randn([2, 3, 8, 8], generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.5, 3.0])
+    reference = denoise_with_grad(net, x, sigma)
+    request.getfixturevalue('fast_attention')
+    fast = denoise_with_grad(net, x, sigma)
+    for actual, expected in zip(fast, reference):
+        assert not torch.equal(actual, expected) # a different kernel ran
+        assert_relative_close(actual, expected, 1e-5)
+
+def test_channels_last_network_matches_reference():
+    net = tiny_attention_net('songunet')
+    x = torch.randn([2, 3, 8, 8], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = net(x, 1.0)
+        net.to(memory_format=torch.channels_last)
+        assert net.model.enc['8x8_conv'].weight.is_contiguous(memory_format=torch.channels_last)
+        fast = net(x.contiguous(memory_format=torch.channels_last), 1.0)
+    assert_relative_close(fast, reference, 1e-5)
+
+def test_preconditioner_under_bf16_autocast():
+    """Under autocast the U-Net answers in bfloat16; D(x) is still float32, close to the float32
+    result, and the skip connection c_skip * x stays exact float32 arithmetic."""
+    net = tiny_attention_net('songunet')
+    x = torch.randn([2, 3, 8, 8], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = net(x, 0.3)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            _, seen = call_and_capture(net, x, 0.3)
+            D_x = net(x, 0.3)
+    assert seen['F_x'].dtype == torch.bfloat16 and seen['x'].dtype == torch.float32
+    assert D_x.dtype == torch.float32
+    assert_relative_close(D_x, reference, 2e-2)
+    c_skip, c_out, _, _ = net.scalings(torch.tensor(0.3).reshape(-1, 1, 1, 1))
+    torch.testing.assert_close(D_x, c_skip * x + c_out * seen['F_x'].to(torch.float32), rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""train.py: options, configuration, --dry-run output and refused inputs (cli.md section 1).
+"""train.py: options, configuration, --dry-run output and refused inputs.
 
 The CLI runs in-process here (nothing trains); training runs are tested in tests/test_training_loop.py.
 """
@@ -7,7 +7,9 @@ import json
 import os
 
 import pytest
+import torch
 
+from training import networks, snapshot
 from train_helpers import dry_run_options, invoke_train as run_train, make_image_folder
 
 #----------------------------------------------------------------------------
@@ -110,6 +112,10 @@ def test_refuses_cond_without_labels(tmp_path):
 def test_refuses_bad_cres(tiny_data, tmp_path, cres, message):
     _assert_refused([f'--data={tiny_data}', f'--cres={cres}'], tmp_path, message)
 
+def _write_training_state(path):
+    net = networks.EDMPrecond(img_resolution=16, img_channels=3, model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    snapshot.save_training_state(str(path), net, torch.optim.Adam(net.parameters()))
+
 def test_refuses_bad_resume(tiny_data, tmp_path):
     expected = '--resume must point to training-state-*.pt from a previous training run'
     wrong_name = tmp_path / 'network-snapshot-000000.pkl'
@@ -118,10 +124,41 @@ def test_refuses_bad_resume(tiny_data, tmp_path):
     _assert_refused([f'--data={tiny_data}', f'--resume={tmp_path}/training-state-000001.pt'], tmp_path, expected) # missing
     lonely = tmp_path / 'lonely'
     lonely.mkdir()
-    (lonely / 'training-state-000003.pt').write_bytes(b'')
+    _write_training_state(lonely / 'training-state-000003.pt') # readable, but its snapshot is missing
     _assert_refused([f'--data={tiny_data}', f'--resume={lonely}/training-state-000003.pt'], tmp_path, 'network-snapshot-000003.pkl')
     (lonely / 'training-state-000003.pt').unlink()
     _assert_refused([f'--data={tiny_data}', f'--resume={lonely}'], tmp_path, 'contains no training-state-*.pt')
+
+def test_refuses_unreadable_resume_state_before_creating_anything(tiny_data, tmp_path):
+    states = tmp_path / 'states'
+    states.mkdir()
+    _write_training_state(states / 'training-state-000004.pt')
+    whole = (states / 'training-state-000004.pt').read_bytes()
+    (states / 'training-state-000005.pt').write_bytes(whole[:len(whole) // 2])
+    (states / 'training-state-000006.pt').write_bytes(b'not a training state' * 10)
+    for kimg, reason in [(5, 'not a readable training state (truncated'), (6, 'not a readable training state (neither')]:
+        (states / f'network-snapshot-{kimg:06d}.pkl').write_bytes(b'')
+        _assert_refused([f'--data={tiny_data}', f'--resume={states}/training-state-{kimg:06d}.pt'], tmp_path,
+            f'--resume: {states}/training-state-{kimg:06d}.pt: {reason}')
+    (states / 'network-snapshot-000004.pkl').write_bytes(b'\x80\x04broken')
+    _assert_refused([f'--data={tiny_data}', f'--resume={states}/training-state-000004.pt'], tmp_path, 'network-snapshot-000004.pkl')
+
+@pytest.mark.parametrize('batch, message', [(['--batch=6', '--batch-gpu=4'], '--batch=6 gives 6 images per process and step, which is not a multiple of --batch-gpu=4'),
+                                            (['--batch=8', '--batch-gpu=3'], '--batch-gpu=3')])
+def test_refuses_batch_that_does_not_split(tiny_data, tmp_path, batch, message):
+    _assert_refused([f'--data={tiny_data}'] + batch, tmp_path, message)
+
+def test_batch_gpu_above_the_batch_is_fine(tiny_data, tmp_path):
+    assert dry_run_options([f'--outdir={tmp_path}/runs', f'--data={tiny_data}', '--batch=4', '--batch-gpu=16'])['batch_gpu'] == 16
+
+def test_refuses_outdir_that_cannot_be_written(tiny_data, tmp_path):
+    (tmp_path / 'a_file').write_text('')
+    for outdir, message in [(tmp_path / 'a_file', 'exists and is not a directory'), (tmp_path / 'a_file' / 'runs', 'is a file'),
+                            ('/proc/edm-test/runs', 'cannot write to "/proc/edm-test/runs"')]:
+        res = run_train([f'--outdir={outdir}', f'--data={tiny_data}', '--dry-run'])
+        errors = [line for line in res.stderr.splitlines() if line.startswith('Error')]
+        assert res.returncode != 0 and len(errors) == 1 and '--outdir: ' in errors[0] and message in errors[0], res.stderr
+    assert sorted(os.listdir(tmp_path)) == ['a_file']
 
 def test_refuses_bad_transfer(tiny_data, tmp_path):
     _assert_refused([f'--data={tiny_data}', f'--transfer={tmp_path}/missing.pkl'], tmp_path, '--transfer: ')
@@ -137,6 +174,8 @@ def test_help_lists_every_option():
                    '--cache', '--workers', '--desc', '--nosubdir', '--tick', '--snap', '--dump', '--seed', '--transfer',
                    '--resume', '--dry-run']:
         assert option in res.stdout
+    for option in ['--fast', '--bf16', '--channels-last', '--tf32', '--compile', '--fused']:
+        assert option in res.stdout
 
 def test_resume_from_run_dir_picks_latest_resumable_state(tiny_data, tmp_path):
     run_dir = tmp_path / 'old-run'
@@ -147,3 +186,42 @@ def test_resume_from_run_dir_picks_latest_resumable_state(tiny_data, tmp_path):
     options = dry_run_options([f'--outdir={tmp_path}/runs', f'--data={tiny_data}', '--seed=0', f'--resume={run_dir}'])
     assert options['resume_state_dump'] == str(run_dir / 'training-state-000010.pt') # 000012 has no snapshot
     assert options['resume_pkl'] == str(run_dir / 'network-snapshot-000010.pkl') and options['resume_kimg'] == 10
+
+#----------------------------------------------------------------------------
+# The fast path: its options are recorded last, and only when a knob is on.
+
+FAST_KNOBS = ['bf16', 'channels_last', 'tf32', 'compile', 'fused']
+
+def _fast_options(tiny_data, tmp_path, extra):
+    return dry_run_options([f'--outdir={tmp_path}/runs', f'--data={tiny_data}', '--seed=0'] + extra)
+
+def test_fast_records_the_fastest_knobs_for_the_device(tiny_data, tmp_path):
+    from training import fast_path # pylint: disable=import-outside-toplevel
+    plain = _fast_options(tiny_data, tmp_path, [])
+    options = _fast_options(tiny_data, tmp_path, ['--fast'])
+    assert list(options) == list(plain) + ['fast_kwargs'] # appended, nothing else changes
+    assert {key: value for key, value in options.items() if key != 'fast_kwargs'} == plain
+    assert options['fast_kwargs'] == fast_path.fastest_for('cuda' if torch.cuda.is_available() else 'cpu').as_dict()
+    assert list(options['fast_kwargs']) == FAST_KNOBS
+
+@pytest.mark.parametrize('knob', FAST_KNOBS)
+def test_each_knob_alone_is_recorded(tiny_data, tmp_path, knob):
+    option = '--' + knob.replace('_', '-')
+    options = _fast_options(tiny_data, tmp_path, [f'{option}=1'])
+    assert options['fast_kwargs'] == {name: name == knob for name in FAST_KNOBS}
+    assert options['run_dir'].endswith('-bf16' if knob == 'bf16' else '-fp32')
+    assert 'fast_kwargs' not in _fast_options(tiny_data, tmp_path, [f'{option}=0']) # nothing on: a faithful run
+
+def test_knobs_override_fast(tiny_data, tmp_path):
+    options = _fast_options(tiny_data, tmp_path, ['--fast', '--channels-last=0', '--compile=1'])
+    assert options['fast_kwargs']['channels_last'] is False and options['fast_kwargs']['compile'] is True
+    assert options['fast_kwargs']['fused'] is True # as --fast has it on every device
+    everything_off = ['--fast'] + [f'--{knob.replace("_", "-")}=0' for knob in FAST_KNOBS]
+    assert 'fast_kwargs' not in _fast_options(tiny_data, tmp_path, everything_off)
+
+def test_fast_path_is_named_in_the_summary(tiny_data, tmp_path):
+    res = run_train([f'--outdir={tmp_path}/runs', f'--data={tiny_data}', '--fused=1', '--channels-last=1', '-n'])
+    assert res.returncode == 0 and 'Fast path:               channels_last, fused' in res.stdout
+
+def test_refuses_fp16_with_bf16(tiny_data, tmp_path):
+    _assert_refused([f'--data={tiny_data}', '--fp16=1', '--bf16=1'], tmp_path, '--fp16 and --bf16 exclude each other')

@@ -1,9 +1,10 @@
-"""training/training_loop.py and training runs of train.py (training.md section 4, formats.md 2-7).
+"""training/training_loop.py and training runs of train.py: files, statistics, resume, signals, failures.
 
 Tiny configurations on the CPU: 16x16 images for the end-to-end run, 8x8 images with one
 resolution level where many runs are needed (DDP, stop/resume, kills).
 """
 
+import copy
 import glob
 import json
 import os
@@ -21,7 +22,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed as dist
-from training import snapshot, training_loop as tl
+from training import fast_path, networks, snapshot, stop_signal, training_loop as tl
 from train_helpers import REPO, dry_run_options, make_image_folder, run_train, single_thread_env
 
 TINY16 = ['--cbase=16', '--cres=1,2', '--batch=32', '--batch-gpu=16', '--duration=0.001', '--tick=1', '--snap=1', '--dump=1', '--seed=1']
@@ -67,8 +68,12 @@ def tiny_run(tmp_path_factory, data16):
         snapshots=sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl'))),
         states=sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt'))))
 
+# A run names its processes gpusN on GPUs, cpuN on the CPU.
+PROCESSES = 'gpus' if torch.cuda.is_available() else 'cpu'
+
 def test_run_dir_contents(tiny_run):
-    assert os.path.basename(tiny_run.run_dir) == '00000-tiny16-uncond-ddpmpp-edm-gpus1-batch32-fp32'
+    assert os.path.basename(tiny_run.run_dir) == f'00000-tiny16-uncond-ddpmpp-edm-{PROCESSES}1-batch32-fp32'
+    assert ('Number of GPUs:          1' if PROCESSES == 'gpus' else 'Device:                  cpu, 1 process(es)') in tiny_run.stdout
     assert sorted(os.listdir(tiny_run.run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'network-snapshot-000001.pkl',
         'stats.jsonl', 'training-state-000001.pt', 'training_options.json'] # snapshot at tick 0, no state at tick 0
 
@@ -168,12 +173,14 @@ def test_torchrun_two_processes(data8, tmp_path):
         try:
             _wait_for(lambda: _run_dirs(outdir) and _num_lines(os.path.join(_run_dirs(outdir)[0], 'stats.jsonl')) >= 2, proc)
             _rank_process(proc.pid, 1).send_signal(signal.SIGTERM) # rank 1 only, e.g. a pre-empted node
-            assert proc.wait(timeout=120) == 0, open(tmp_path / 'stdout.txt').read()
+            assert proc.wait(timeout=120) != 0 # torchrun reports the ranks' exit status 143 as a failure
         finally:
             if proc.poll() is None:
                 proc.kill()
+    output = open(tmp_path / 'stdout.txt').read()
+    assert re.search(r'exitcode\s*:\s*143', output), output
     [run_dir] = _run_dirs(outdir) # rank 1 creates nothing
-    assert os.path.basename(run_dir) == '00000-tiny8-uncond-ddpmpp-edm-gpus2-batch32-fp32'
+    assert os.path.basename(run_dir) == f'00000-tiny8-uncond-ddpmpp-edm-{PROCESSES}2-batch32-fp32'
     log = open(os.path.join(run_dir, 'log.txt')).read()
     assert log.count('Loading dataset...') == 1 and log.count('tick 0 ') == 1 # rank 0 alone prints
     assert 'Aborting after a stop request: saving a snapshot and the training state...' in log # rank 0 was not signalled
@@ -209,13 +216,14 @@ def test_sigterm_then_resume(data8, tmp_path):
         try:
             _wait_for(lambda: _run_dirs(outdir) and _num_lines(os.path.join(_run_dirs(outdir)[0], 'stats.jsonl')) >= 2, proc)
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=120) == 0
+            assert proc.wait(timeout=120) == 143 # 128 + SIGTERM: stopped early, state saved
         finally:
             if proc.poll() is None:
                 proc.kill()
     [run_dir] = _run_dirs(outdir)
     log = open(os.path.join(run_dir, 'log.txt')).read().splitlines()
     assert 'Aborting after SIGTERM: saving a snapshot and the training state...' in log and log[-1] == 'Exiting...'
+    assert f'continue with --resume="{run_dir}"' in open(tmp_path / 'stdout.txt').read().splitlines()[-1]
 
     # The last tick ended at the step that followed the signal, before a full tick (mid-tick).
     stats = _read_stats(run_dir)
@@ -339,7 +347,7 @@ def test_resume_restores_optimizer_and_ema(loop_kwargs, tmp_path):
 def test_transfer_starts_from_the_pickle(loop_kwargs, tmp_path):
     source = tmp_path / 'source'
     source.mkdir()
-    tl.training_loop(run_dir=str(source), total_kimg=0.016, **loop_kwargs)
+    assert tl.training_loop(run_dir=str(source), total_kimg=0.016, **loop_kwargs) is None # complete, not stopped
     pkl = str(source / 'network-snapshot-000000.pkl')
     target = tmp_path / 'target'
     target.mkdir()
@@ -351,11 +359,14 @@ def test_transfer_starts_from_the_pickle(loop_kwargs, tmp_path):
     for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
         assert torch.equal(a, b)
 
-def test_signal_stops_after_current_step(loop_kwargs, tmp_path):
-    loss_kwargs = dict(class_name='train_helpers.SignalLoss', signum=signal.SIGTERM, at_call=3)
-    tl.training_loop(run_dir=str(tmp_path), total_kimg=1, kimg_per_tick=1, snapshot_ticks=100, state_dump_ticks=100,
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_after_current_step(loop_kwargs, tmp_path, signum):
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
+    loss_kwargs = dict(class_name='train_helpers.SignalLoss', signum=signum, at_call=3)
+    stopped_by = tl.training_loop(run_dir=str(tmp_path), total_kimg=1, kimg_per_tick=1, snapshot_ticks=100, state_dump_ticks=100,
         **dict(loop_kwargs, loss_kwargs=loss_kwargs))
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL # handler restored
+    assert stopped_by == signum and stop_signal.exit_status(stopped_by) == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum]
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers # handlers restored
     state = snapshot.load_training_state(str(tmp_path / 'training-state-000000.pt'))
     assert _adam_step(state) == 3 # stopped right after the step in which the signal came
     stats = _read_stats(str(tmp_path))
@@ -408,7 +419,46 @@ def test_stats_jsonl_partial_line_is_cut(tmp_path):
     path = str(tmp_path / 'stats.jsonl')
     with open(path, 'w') as f:
         f.write('{"a": 1}\n{"b": ')
-    fd = tl.open_stats_jsonl(path)
-    tl.append_stats_line(fd, {'c': float('nan')})
+    fd = snapshot.open_stats_jsonl(path)
+    snapshot.append_stats_line(fd, {'c': float('nan')})
     os.close(fd)
     assert open(path).read() == '{"a": 1}\n{"c": NaN}\n'
+
+#----------------------------------------------------------------------------
+# The fast path (training/fast_path.py): runs on the CPU, records its options, and writes snapshots
+# that load like any other and hold the plain float32 network.
+
+def test_train_py_fast_run(data8, tmp_path):
+    outdir = str(tmp_path / 'runs')
+    res = run_train([f'--outdir={outdir}', f'--data={data8}', '--duration=0.001', '--fast'] + TINY8)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [run_dir] = _run_dirs(outdir)
+    options = json.load(open(os.path.join(run_dir, 'training_options.json')))
+    assert list(options)[-1] == 'fast_kwargs' and options['fast_kwargs'] == fast_path.fastest_for('cpu').as_dict()
+    stats = _read_stats(run_dir)
+    assert len(stats) == 2 and all(np.isfinite(line['Loss/loss']['mean']) for line in stats)
+    assert snapshot.load_snapshot(os.path.join(run_dir, 'network-snapshot-000001.pkl'), verbose=False)['ema'].training is False
+
+@pytest.mark.skipif(not hasattr(torch.nn.Module, 'compile'), reason='torch.nn.Module.compile needs PyTorch 2.2+')
+def test_compiled_network_pickles_plain(tmp_path):
+    """torch.compile of the U-Net lives in a call hook that neither copies nor pickles carry."""
+    net = networks.EDMPrecond(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1], num_blocks=1)
+    fast_path.prepare_network(net, fast_path.FastPath(compile=True))
+    assert net.model._compiled_call_impl is not None # pylint: disable=protected-access
+    assert copy.deepcopy(net).model._compiled_call_impl is None # pylint: disable=protected-access
+    snapshot.save_training_state(str(tmp_path / 'training-state-000000.pt'), net, torch.optim.Adam(net.parameters()))
+    assert b'_compiled_call_impl' not in (tmp_path / 'training-state-000000.pt').read_bytes()
+    assert snapshot.load_training_state(str(tmp_path / 'training-state-000000.pt'))['net'].model._compiled_call_impl is None # pylint: disable=protected-access
+    assert set(vars(net.model)) - set(vars(copy.deepcopy(net).model)) == {'_compiled_call_impl'} # nothing else added
+
+def test_fused_ema_update_and_adam_options():
+    torch.manual_seed(0)
+    net, ema = torch.nn.Linear(5, 4), torch.nn.Linear(5, 4)
+    reference = copy.deepcopy(ema)
+    tl.update_ema(reference, net, 0.9)
+    tl.update_ema(ema, net, 0.9, fused=True)
+    for fused, plain in zip(ema.parameters(), reference.parameters()):
+        torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-7)
+    assert fast_path.optimizer_options(fast_path.FastPath(), 'cuda') == {}
+    assert fast_path.optimizer_options(fast_path.FastPath(fused=True), 'cuda') == dict(fused=True)
+    assert fast_path.optimizer_options(fast_path.FastPath(fused=True), 'cpu') == dict(foreach=True)

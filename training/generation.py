@@ -4,6 +4,12 @@ Every image depends only on its seed. Its latents, its class label and the noise
 step come from a generator of its own, so neither the batch size nor the number of processes changes
 it. Works with or without torch.distributed; under torchrun each rank gets its share of the seeds.
 
+On the fast path (`fast=`, see training/fast_path.py) the network runs in bfloat16 and/or on
+channels_last tensors, while the samplers keep their float64 arithmetic. Its images are then close to,
+but not bit-identical with, the faithful ones, and with bfloat16 an image may also change slightly
+with the batch it is in (the kernels round differently for other shapes); a given batch size gives
+the same images on every run.
+
 Example, in a notebook:
 
     import PIL.Image
@@ -14,12 +20,15 @@ Example, in a notebook:
             PIL.Image.fromarray(image.numpy()).save(f'{seed:06d}.png') # An RGB network.
 """
 
+import dataclasses
+import functools
 import os
 from typing import NamedTuple, Optional
 
 import torch
 
 from torch_utils import distributed as dist
+from training import fast_path
 from training.samplers import StackedRandomGenerator, ablation_sampler, edm_sampler, noise_range
 from training.snapshot import load_snapshot
 
@@ -76,8 +85,9 @@ def to_uint8(images):
     return pixels.permute(0, 2, 3, 1).cpu()
 
 @torch.no_grad()
-def sample_batch(net, seeds, class_idx, sampler, sampler_kwargs, device):
-    """Float64 images [N, C, H, W] and int64 class indices (or None) for a batch of seeds.
+def sample_batch(net, seeds, class_idx, run_sampler, device):
+    """Float64 images [N, C, H, W] and int64 class indices (or None) for a batch of seeds; the
+    shapes and classes are those of `net`, and run_sampler(latents, class_labels, randn_like) samples.
     Each seed's generator draws, in this order: the float32 latents; one class index if the network
     is conditional (even when `class_idx` fixes the class); then the sampler's per-step noise."""
     rnd = StackedRandomGenerator(device, seeds)
@@ -88,8 +98,37 @@ def sample_batch(net, seeds, class_idx, sampler, sampler_kwargs, device):
         if class_idx is not None:
             labels = torch.full_like(labels, class_idx)
         class_labels = torch.eye(net.label_dim, device=device)[labels]
-    images = sampler(net, latents, class_labels, randn_like=rnd.randn_like, **sampler_kwargs)
+    images = run_sampler(latents, class_labels, randn_like=rnd.randn_like)
     return images, labels
+
+class FastDenoiser:
+    """The denoiser as the samplers see it on the fast path: the network gets float32 input in the
+    fast path's memory format and runs under its autocast, and answers in float32 as always (the
+    samplers cast the answer to float64 and do their own arithmetic in float64). The noise range and
+    round_sigma are the network's."""
+
+    def __init__(self, net, fp, device):
+        self.net, self.fp, self.device = net, fp, device
+        self.sigma_min, self.sigma_max, self.round_sigma = net.sigma_min, net.sigma_max, net.round_sigma
+
+    def __call__(self, x, sigma, class_labels=None):
+        x = fast_path.to_memory_format(self.fp, x.to(torch.float32))
+        with fast_path.autocast(self.fp, self.device):
+            return self.net(x, sigma, class_labels)
+
+def prepare_denoiser(net, fp, device):
+    """Move `net` to `device` and prepare it for the fast path `fp`, in place; return what the
+    samplers should call: the network itself on the faithful path, else a FastDenoiser around it.
+    Under fp.compile the U-Net is compiled; on CUDA in torch.compile's "reduce-overhead" mode, which
+    replays it as a CUDA graph: the 2 N - 1 evaluations of a sampler share their shapes, so one capture
+    per batch size serves them all and saves the launch of every kernel."""
+    net = net.to(device)
+    fast_path.configure_backends(fp)
+    fast_path.prepare_network(net, dataclasses.replace(fp, compile=False))
+    if fp.compile:
+        fast_path.require_compile()
+        net.model.compile(mode=('reduce-overhead' if device.type == 'cuda' else None))
+    return FastDenoiser(net, fp, device) if fp.enabled else net
 
 def default_device():
     """This process's device under torch.distributed, else CUDA when available, else the CPU."""
@@ -99,7 +138,7 @@ def default_device():
 
 #----------------------------------------------------------------------------
 
-def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, **sampler_kwargs):
+def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, fast=fast_path.FastPath(), **sampler_kwargs):
     """Sample one image per seed; yield them batch by batch as GeneratedBatch(seeds, images, labels).
 
     net:            a preconditioned network (moved to `device` in place), or the path or URL of a
@@ -108,6 +147,9 @@ def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, 
     class_idx:      class of every image; None draws a random class per seed (conditional networks).
     max_batch_size: the most images sampled at once (per process).
     device:         where to sample; default: see default_device.
+    fast:           a training.fast_path.FastPath, e.g. fast_path.resolve(device, fast=True); the
+                    default is the faithful path. Its switches (TF32, the attention kernel) are
+                    process-wide, and the network keeps the fast path's memory format and compiled U-Net.
     sampler_kwargs: options of edm_sampler, or of ablation_sampler when solver, discretization,
                     schedule or scaling is given (e.g. num_steps=40, S_churn=40); None means default.
 
@@ -119,12 +161,12 @@ def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, 
     check_denoiser(net)
     check_class_idx(net, class_idx)
     check_noise_range(net, sampler_kwargs)
-    net = net.to(device)
     sampler, sampler_kwargs = choose_sampler(sampler_kwargs)
+    run_sampler = functools.partial(sampler, prepare_denoiser(net, fast, device), **sampler_kwargs)
 
     for batch_seeds in dist.split_batches(list(seeds), max_batch_size):
         dist.barrier() # Keeps the ranks in step; every rank has the same number of batches.
         if len(batch_seeds) == 0:
             continue
-        images, labels = sample_batch(net, batch_seeds, class_idx, sampler, sampler_kwargs, device)
+        images, labels = sample_batch(net, batch_seeds, class_idx, run_sampler, device)
         yield GeneratedBatch(batch_seeds.tolist(), to_uint8(images), None if labels is None else labels.cpu())

@@ -9,7 +9,10 @@ possibly inside the original EDM code base. So it must keep running with Python 
 PyTorch 1.12, and import nothing beyond math, torch and torch_utils.persistence.
 
 Parameters are always float32. Every layer casts them to the dtype of its input, which is how the
-fp16 trunk of `use_fp16` works (there is no autocast).
+fp16 trunk of `use_fp16` works (no autocast is needed for it). A caller may still run a
+preconditioner under torch.autocast, as the bfloat16 fast path of training and sampling does: the
+convolutions and matrix products of the U-Net then run in bfloat16, while the element-wise
+preconditioning stays float32.
 """
 
 import math
@@ -134,6 +137,17 @@ class GroupNorm(torch.nn.Module):
 #----------------------------------------------------------------------------
 # Residual block shared by both U-Nets.
 
+# Process-wide choice of the attention kernel (off: the einsum arithmetic of the original).
+_fast_attention = False
+
+def use_fast_attention(enabled=True):
+    """Compute attention with torch.nn.functional.scaled_dot_product_attention (the same formula,
+    fused, with its own rounding) instead of the reference arithmetic below, in every UNetBlock of
+    this process; off by default. Returns the previous setting."""
+    global _fast_attention
+    previous, _fast_attention = _fast_attention, bool(enabled)
+    return previous
+
 def attention_weights(q, k):
     """softmax_t(sum_i q[n,i,s] k[n,i,t] / sqrt(c)) for queries and keys of shape [N, c, L].
     The products and the softmax run in float32, also for fp16 inputs; autograd differentiates
@@ -207,7 +221,11 @@ class UNetBlock(torch.nn.Module):
         batch, channels, height, width = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).reshape(batch * heads, channels // heads, 3, height * width).unbind(2)
-        mixed = torch.einsum('nqk,nck->ncq', attention_weights(q, k), v)
+        if _fast_attention: # Pixels as the sequence, channels as the features; scale 1 / sqrt(c).
+            pixels_first = [t.transpose(1, 2) for t in (q, k, v)]
+            mixed = F.scaled_dot_product_attention(*pixels_first).transpose(1, 2)
+        else:
+            mixed = torch.einsum('nqk,nck->ncq', attention_weights(q, k), v)
         return mixed.reshape(batch, channels, height, width)
 
 #----------------------------------------------------------------------------
@@ -547,7 +565,8 @@ class Preconditioner(torch.nn.Module):
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
         """D(x; sigma) in float32. sigma is a scalar or one level per sample. The model runs in
-        fp16 with use_fp16 on CUDA unless force_fp32; model_kwargs (e.g. augment_labels) go to it."""
+        fp16 with use_fp16 on CUDA unless force_fp32, or in autocast's dtype under torch.autocast;
+        model_kwargs (e.g. augment_labels) go to it."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == 'cuda'
@@ -555,7 +574,7 @@ class Preconditioner(torch.nn.Module):
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=self.model_labels(class_labels, x.device),
                          **model_kwargs)
-        assert F_x.dtype == dtype, f'the model returned {F_x.dtype} for {dtype} input'
+        assert F_x.dtype == dtype or _autocasting(x.device), f'the model returned {F_x.dtype} for {dtype} input'
         # A model may predict more than the image (iDDPM adds variances); D uses the first channels.
         return c_skip * x + c_out * F_x[:, :self.img_channels].to(torch.float32)
 
@@ -566,6 +585,13 @@ class Preconditioner(torch.nn.Module):
         if class_labels is None:
             return torch.zeros([1, self.label_dim], device=device)
         return class_labels.to(torch.float32).reshape(-1, self.label_dim)
+
+def _autocasting(device):
+    """Whether torch.autocast is active for `device`; the model then answers in autocast's dtype."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError: # PyTorch before 2.4 has one query per device type.
+        return torch.is_autocast_cpu_enabled() if device.type == 'cpu' else torch.is_autocast_enabled()
 
 def _unit_variance_input(sigma):
     """c_in = 1 / sqrt(sigma^2 + 1), for data with unit-variance signal plus noise."""

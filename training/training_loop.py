@@ -1,23 +1,22 @@
-"""Main training loop (spec training.md section 4; file formats in formats.md sections 2-5).
+"""The training loop: Adam on the per-pixel denoising loss with a linear learning-rate warm-up,
+an exponential moving average (EMA) of the weights, a progress line per tick, and periodic network
+snapshots and training states.
 
-Faithful to the original in its arithmetic (seeding, accumulation, lr ramp, gradient sanitising,
-EMA), its tick/snapshot/state-dump schedule and its files. Beyond the original:
-  * runs on the CPU (gloo) as well as on CUDA; pin_memory, cuDNN and TF32 settings only with CUDA;
-  * snapshots, training states and stats.jsonl lines are written atomically (temp file + rename, or
-    one complete line per write), so a kill at any moment leaves every existing file readable;
-  * SIGTERM/SIGINT make all ranks agree to stop after the current step, write a snapshot and a
-    training state at that step and return normally (exit code 0); a second SIGINT aborts at once;
-  * non-finite loss values are counted: `Loss/nonfinite` in stats.jsonl and `nonfinite` at the end
-    of the tick line;
-  * snapshots and training states are read back without executing code embedded in them.
+Besides reproducing the original's numbers, files and schedule, the loop
+  * runs on the CPU (gloo) as well as on CUDA (pinned memory, cuDNN and TF32 settings only there);
+  * leaves only complete files behind when killed (see training/snapshot.py);
+  * stops cleanly on SIGTERM/SIGINT: all ranks leave after the same step, with a snapshot and a
+    training state of that step, and return the signal (see training/stop_signal.py);
+  * counts non-finite loss values (`Loss/nonfinite` in stats.jsonl, `nonfinite` on the tick line);
+  * never waits for the device between ticks: losses and counters are accumulated where they are
+    computed and read once per tick;
+  * has an opt-in fast path (`fast_kwargs`, see training/fast_path.py): bfloat16 autocast of the
+    network, channels_last, TF32, torch.compile and fused kernels.
 """
 
 import copy
-import json
+import dataclasses
 import os
-import pickle
-import signal
-import threading
 import time
 
 import numpy as np
@@ -25,118 +24,229 @@ import psutil
 import torch
 
 import dnnlib
-from torch_utils import distributed as dist
-from torch_utils import misc
-from torch_utils import training_stats
-from training import snapshot
+from torch_utils import distributed as dist, misc, training_stats
+from training import fast_path, snapshot, stop_signal
 
 #----------------------------------------------------------------------------
-# The schedule's formulas (training.md 4.3).
+# Schedules and the weight average.
 
 def learning_rate(base_lr, cur_nimg, lr_rampup_kimg):
-    """Linear ramp-up over `lr_rampup_kimg`; `cur_nimg` counts images *before* the step, so the
-    first step of a fresh run uses lr = 0."""
-    return base_lr * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
+    """Linear warm-up to `base_lr` over the first `lr_rampup_kimg` thousand images. `cur_nimg` counts
+    the images seen before the step, so the first step of a fresh run has a learning rate of 0."""
+    warmup_fraction = cur_nimg / max(lr_rampup_kimg * 1000, 1e-8)
+    return base_lr * min(warmup_fraction, 1)
 
 def ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio):
-    """Per-step EMA decay for a half-life in images, optionally capped at ema_rampup_ratio * cur_nimg."""
-    ema_halflife_nimg = ema_halflife_kimg * 1000
+    """Per-step decay of the EMA for a half-life measured in images (the paper's Appendix F): the
+    average forgets half of its past every `halflife` images. The ramp-up caps the half-life at
+    `ema_rampup_ratio` times the images seen so far, so that early averages quickly forget the
+    random initialisation; None turns the cap off."""
+    halflife = ema_halflife_kimg * 1000
     if ema_rampup_ratio is not None:
-        ema_halflife_nimg = min(ema_halflife_nimg, cur_nimg * ema_rampup_ratio)
-    return 0.5 ** (batch_size / max(ema_halflife_nimg, 1e-8))
+        halflife = min(halflife, ema_rampup_ratio * cur_nimg)
+    return 0.5 ** (batch_size / max(halflife, 1e-8))
 
 @torch.no_grad()
-def update_ema(ema, net, beta):
-    """p_ema <- p_net + beta * (p_ema - p_net), for parameters only (buffers are not averaged)."""
-    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+def update_ema(ema, net, beta, fused=False):
+    """p_ema <- p_net + beta * (p_ema - p_net) for every parameter; buffers are left as they are.
+    `fused` updates all parameters at once, as p_ema + (1 - beta) * (p_net - p_ema) (other rounding)."""
+    averaged, current = list(ema.parameters()), [p.detach() for p in net.parameters()]
+    if fused:
+        torch._foreach_lerp_(averaged, current, 1 - beta) # pylint: disable=protected-access
+        return
+    for target, source in zip(averaged, current):
+        target.copy_(source.lerp(target, beta))
 
 @torch.no_grad()
 def sanitize_gradients(net):
-    """NaN -> 0, +inf -> 1e5, -inf -> -1e5, in place."""
-    for param in net.parameters():
-        if param.grad is not None:
-            torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+    """Make every gradient finite, in place: NaN becomes 0 and +-inf becomes +-1e5."""
+    for grad in (p.grad for p in net.parameters()):
+        if grad is not None:
+            grad.nan_to_num_(nan=0, posinf=1e5, neginf=-1e5)
 
 #----------------------------------------------------------------------------
-# Files: every one is complete or absent, whenever the process dies.
+# Setting up.
 
-def _write_atomically(path, write_fn):
-    """Call write_fn(file) on a temporary file beside `path`, sync it to disk, rename it onto `path`."""
-    with dnnlib.util.atomic_write(path) as tmp_path:
-        with open(tmp_path, 'wb') as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
+def seed_this_rank(seed):
+    """Every rank gets its own random streams (noise levels, noise, augmentation, dropout),
+    all derived from `seed`."""
+    rank_seed = (seed * dist.get_world_size() + dist.get_rank()) % (1 << 31)
+    np.random.seed(rank_seed)
+    torch.manual_seed(np.random.randint(1 << 31))
 
-def save_snapshot(path, data):
-    """Network snapshot (formats.md 2): plain pickle of {ema, loss_fn, augment_pipe, dataset_kwargs}."""
-    _write_atomically(path, lambda f: pickle.dump(data, f))
+def configure_cuda(device, cudnn_benchmark):
+    """cuDNN autotuning as asked, and exact float32 arithmetic: no TF32, no reduced-precision
+    fp16 reductions in matrix products. Nothing to do on the CPU."""
+    if device.type != 'cuda':
+        return
+    matmul = torch.backends.cuda.matmul
+    matmul.allow_fp16_reduced_precision_reduction = False
+    matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
-def save_training_state(path, net, optimizer):
-    """Training state (formats.md 3): torch.save of {net, optimizer_state}."""
-    _write_atomically(path, lambda f: torch.save(dict(net=net, optimizer_state=optimizer.state_dict()), f))
+def split_global_batch(batch_size, batch_gpu):
+    """(images per rank and step, images per rank and accumulation round, rounds per step)."""
+    world_size = dist.get_world_size()
+    per_rank = batch_size // world_size
+    per_round = per_rank if batch_gpu is None else min(batch_gpu, per_rank)
+    num_rounds = per_rank // per_round
+    assert per_round * num_rounds * world_size == batch_size, 'the batch size must split evenly over ranks and rounds'
+    return per_rank, per_round, num_rounds
 
-def open_stats_jsonl(path):
-    """Open stats.jsonl for appending whole lines. A partial last line (left by a kill in the
-    middle of a write, which a single os.write of a short line makes practically impossible)
-    is cut off first, so that every line of the file is valid JSON."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
-    with open(path, 'rb') as f:
-        content = f.read()
-    if len(content) > 0 and not content.endswith(b'\n'):
-        os.ftruncate(fd, content.rfind(b'\n') + 1)
-    return fd
+def endless_batches(dataset, batch_gpu, seed, device, data_loader_kwargs):
+    """Iterator over this rank's batches of (uint8 images, labels), drawn from an endless
+    shuffled sequence that the ranks share round-robin."""
+    sampler = misc.InfiniteSampler(dataset=dataset, rank=dist.get_rank(), num_replicas=dist.get_world_size(), seed=seed)
+    loader_kwargs = dict(data_loader_kwargs)
+    if device.type != 'cuda':
+        loader_kwargs['pin_memory'] = False # pinning needs CUDA
+    if loader_kwargs.get('num_workers', 0) > 0:
+        loader_kwargs.setdefault('worker_init_fn', stop_signal.ignore_in_worker)
+    loader = torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, **loader_kwargs)
+    return iter(loader)
 
-def append_stats_line(fd, stats):
-    """One JSON line (formats.md 4) in a single write."""
-    line = (json.dumps(stats) + '\n').encode('utf-8')
-    while line:
-        line = line[os.write(fd, line):]
+def build_network(network_kwargs, dataset, batch_gpu, device):
+    """The preconditioned denoiser, shaped after the dataset, in training mode on `device`.
+    Rank 0 prints its layer table."""
+    net = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=dataset.resolution,
+        img_channels=dataset.num_channels, label_dim=dataset.label_dim)
+    net.train().requires_grad_(True).to(device)
+    if dist.get_rank() == 0:
+        print_network_summary(net, batch_gpu, device)
+    return net
+
+@torch.no_grad()
+def print_network_summary(net, batch_gpu, device):
+    """Layer table of one forward pass on a dummy batch (blank images, sigma = 1, zero labels).
+    The pass draws dropout noise from this rank's random stream."""
+    side = net.img_resolution
+    dummy_inputs = [
+        torch.zeros([batch_gpu, net.img_channels, side, side], device=device),
+        torch.ones([batch_gpu], device=device),
+        torch.zeros([batch_gpu, net.label_dim], device=device),
+    ]
+    misc.print_module_summary(net, dummy_inputs, max_nesting=2)
+
+def load_pickle_weights(path, net, ema):
+    """Start the network and its EMA from the EMA weights of a network snapshot (URL or path)."""
+    dist.print0(f'Loading network weights from "{path}"...')
+    with dist.rank_zero_first(): # rank 0 alone fills the download cache
+        source = snapshot.load_snapshot(path, verbose=False)['ema']
+    for target in (net, ema):
+        misc.copy_params_and_buffers(src_module=source, dst_module=target, require_all=False)
+
+def restore_training_state(path, net, optimizer):
+    """Continue from a training state: the network's weights and the optimizer's moments.
+    The EMA is not in it; it comes from the matching snapshot."""
+    dist.print0(f'Loading training state from "{path}"...')
+    state = snapshot.load_training_state(path)
+    misc.copy_params_and_buffers(src_module=state['net'], dst_module=net, require_all=True)
+    optimizer.load_state_dict(state['optimizer_state'])
 
 #----------------------------------------------------------------------------
-# Stopping on SIGTERM/SIGINT (cluster pre-emption, Ctrl+C).
+# One optimizer step.
 
-class StopRequest:
-    """Records SIGTERM/SIGINT; the loop stops after the current step once any rank saw one.
-    A second SIGINT raises KeyboardInterrupt (hard stop); repeated SIGTERMs are ignored."""
+def train_step(ddp, optimizer, loss_fn, augment_pipe, batches, num_rounds, grad_scale, lr, device, nonfinite,
+        fp=fast_path.FastPath()):
+    """One Adam step on a global batch, whose gradients accumulate over `num_rounds` rounds per rank
+    (DDP averages them over the ranks in the last round). The summed per-pixel loss is scaled by
+    `grad_scale`; non-finite loss values are added to the counter `nonfinite`, on the device.
+    Nothing here waits for the device. On the fast path `fp`, the network runs under its autocast
+    and gets its images in its memory format."""
+    denoiser = fast_path.autocast_calls(ddp, fp, device)
+    optimizer.zero_grad(set_to_none=True)
+    for round_idx in range(num_rounds):
+        with misc.ddp_sync(ddp, round_idx == num_rounds - 1):
+            images, labels = next(batches)
+            images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1 # uint8 -> [-1, 1]
+            images = fast_path.to_memory_format(fp, images)
+            labels = labels.to(device, non_blocking=True)
+            loss = loss_fn(net=denoiser, images=images, labels=labels, augment_pipe=augment_pipe)
+            training_stats.report('Loss/loss', loss)
+            nonfinite.add_(loss.detach().isfinite().logical_not().sum())
+            loss.sum().mul(grad_scale).backward()
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    sanitize_gradients(ddp.module)
+    optimizer.step()
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#----------------------------------------------------------------------------
+# Ticks: progress report and maintenance (snapshots, training states, stats.jsonl).
 
-    def __init__(self):
-        self.signum = None
-        self._prev_handlers = {}
-        self._group = None
-        if dist.get_world_size() > 1 and torch.distributed.get_backend() != 'gloo':
-            self._group = torch.distributed.new_group(backend='gloo') # CPU flag, no GPU sync per step.
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._prev_handlers[signum] = signal.signal(signum, self._handle)
+@dataclasses.dataclass
+class Tick:
+    """Bookkeeping of the current tick."""
+    index: int              # Restarts at 0 on resume.
+    start_nimg: int         # Images seen when the tick began.
+    start_time: float
+    maintenance_sec: float  # Time between the end of the previous tick and the start of this one.
 
-    def _handle(self, signum, _frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
+def tick_report(tick, cur_nimg, end_time, run_start_time, nonfinite, device):
+    """Report the tick's progress, timing and resources to training_stats (rank 0 only) and
+    return its progress line."""
+    tick_sec = end_time - tick.start_time
+    on_cuda = device.type == 'cuda'
+    fields = [ # (label, statistic, value, format)
+        ('tick', 'Progress/tick', tick.index, '<5d'),
+        ('kimg', 'Progress/kimg', cur_nimg / 1e3, '<9.1f'),
+        ('time', 'Timing/total_sec', end_time - run_start_time, '<12s'),
+        ('sec/tick', 'Timing/sec_per_tick', tick_sec, '<7.1f'),
+        ('sec/kimg', 'Timing/sec_per_kimg', tick_sec / (cur_nimg - tick.start_nimg) * 1e3, '<7.2f'),
+        ('maintenance', 'Timing/maintenance_sec', tick.maintenance_sec, '<6.1f'),
+        ('cpumem', 'Resources/cpu_mem_gb', psutil.Process().memory_info().rss / 2**30, '<6.2f'),
+        ('gpumem', 'Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else 0.0, '<6.2f'),
+        ('reserved', 'Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30 if on_cuda else 0.0, '<6.2f'),
+        ('nonfinite', 'Loss/nonfinite', nonfinite, '<5d'),
+    ]
+    parts = []
+    for label, name, value, fmt in fields:
+        training_stats.report0(name, value)
+        shown = dnnlib.util.format_time(value) if name == 'Timing/total_sec' else value
+        parts.append(f'{label} {shown:{fmt}}')
+    return ' '.join(parts)
 
-    def agreed(self):
-        """True on every rank if any rank was signalled (collective: all ranks call it each step)."""
-        flag = torch.tensor([float(self.signum is not None or dist.should_stop())])
-        if dist.get_world_size() > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
-        return bool(flag.item() > 0)
+def snapshot_contents(ema, loss_fn, augment_pipe, dataset_kwargs):
+    """What a network snapshot holds. Networks are copied in eval mode without gradients, checked
+    to be identical on all ranks (a collective) and moved to the CPU, with their weights in the
+    standard memory layout (the fast path may have changed it)."""
+    def frozen_cpu_copy(module):
+        module = copy.deepcopy(module).eval().requires_grad_(False)
+        misc.check_ddp_consistency(module)
+        return module.cpu().to(memory_format=torch.contiguous_format)
+    contents = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+    return {key: frozen_cpu_copy(value) if isinstance(value, torch.nn.Module) else value for key, value in contents.items()}
 
-    def restore(self):
-        for signum, handler in self._prev_handlers.items():
-            signal.signal(signum, handler)
-        self._prev_handlers = {}
+def falls_due(every_ticks, tick_index, last_tick):
+    """Whether a periodic save (every `every_ticks` ticks, None = never) happens at this tick;
+    the last tick always saves."""
+    return every_ticks is not None and (last_tick or tick_index % every_ticks == 0)
 
-def _leave_signals_to_main(_worker_id):
-    """DataLoader workers ignore SIGTERM/SIGINT (Ctrl+C reaches the whole process group, and torchrun
-    signals each worker's group), so that the main process can finish its step and save; they exit
-    with the main process."""
-    for signum in StopRequest.SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+def save_checkpoints(run_dir, tick, cur_nimg, last_tick, stopping, snapshot_ticks, state_dump_ticks,
+        net, ema, optimizer, loss_fn, augment_pipe, dataset_kwargs):
+    """Network snapshot (tick 0, every `snapshot_ticks` ticks and at the end) and training state
+    (every `state_dump_ticks` ticks and at the end; at tick 0 only when stopping on a signal).
+    Snapshots are built on all ranks; rank 0 writes the files."""
+    writer = dist.get_rank() == 0
+    kimg_tag = f'{cur_nimg // 1000:06d}'
+    if falls_due(snapshot_ticks, tick.index, last_tick):
+        contents = snapshot_contents(ema, loss_fn, augment_pipe, dataset_kwargs)
+        if writer:
+            snapshot.save_snapshot(os.path.join(run_dir, f'network-snapshot-{kimg_tag}.pkl'), contents)
+    if writer and falls_due(state_dump_ticks, tick.index, last_tick) and (tick.index > 0 or stopping):
+        snapshot.save_training_state(os.path.join(run_dir, f'training-state-{kimg_tag}.pt'), net, optimizer)
+
+def append_tick_stats(run_dir, stats_fd):
+    """Gather the tick's statistics from all ranks (a collective); rank 0 appends them with a
+    timestamp to stats.jsonl, which it opens at the first call. Returns the file descriptor."""
+    collector = training_stats.default_collector
+    collector.update()
+    if dist.get_rank() != 0:
+        return stats_fd
+    if stats_fd is None:
+        stats_fd = snapshot.open_stats_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    snapshot.append_stats_line(stats_fd, dict(collector.as_dict(), timestamp=time.time()))
+    return stats_fd
 
 #----------------------------------------------------------------------------
 
@@ -164,202 +274,88 @@ def training_loop(
     resume_kimg         = 0,        # Images already seen, thousands (sets the schedules on resume).
     cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark (CUDA only).
     device              = None,     # None = this rank's device (cuda:LOCAL_RANK, or the CPU).
+    fast_kwargs         = None,     # Knobs of training.fast_path.FastPath; None = the faithful path.
 ):
-    # Seeds differ per rank; TF32 off for exact float32 (4.2.1-2).
-    start_time = time.time()
-    device = torch.device(device) if device is not None else dist.get_device()
-    np.random.seed((seed * dist.get_world_size() + dist.get_rank()) % (1 << 31))
-    torch.manual_seed(np.random.randint(1 << 31))
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    """Train until `total_kimg`, then return None; or, stopped earlier by a signal on any rank,
+    return that signal (a `signal.Signals`, the same on every rank)."""
+    run_start_time = time.time()
+    device = dist.get_device() if device is None else torch.device(device)
+    seed_this_rank(seed)
+    configure_cuda(device, cudnn_benchmark)
+    fp = fast_path.FastPath(**(fast_kwargs or {}))
+    fast_path.configure_backends(fp)
+    batch_per_rank, batch_gpu, num_rounds = split_global_batch(batch_size, batch_gpu)
 
-    # Per-rank batch and accumulation rounds (4.2.3).
-    batch_gpu_total = batch_size // dist.get_world_size()
-    if batch_gpu is None or batch_gpu > batch_gpu_total:
-        batch_gpu = batch_gpu_total
-    num_accumulation_rounds = batch_gpu_total // batch_gpu
-    assert batch_size == batch_gpu * num_accumulation_rounds * dist.get_world_size()
-
-    # Data: an endless sampler split over the ranks (4.2.4).
+    # The order of construction fixes the random streams: keep it.
     dist.print0('Loading dataset...')
-    dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs)
-    dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=dist.get_rank(), num_replicas=dist.get_world_size(), seed=seed)
-    loader_kwargs = dict(data_loader_kwargs)
-    if device.type != 'cuda':
-        loader_kwargs['pin_memory'] = False # Pinned memory needs CUDA.
-    if loader_kwargs.get('num_workers', 0) > 0:
-        loader_kwargs.setdefault('worker_init_fn', _leave_signals_to_main)
-    dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu, **loader_kwargs))
-
-    # Network, and its summary table on rank 0 (4.2.5).
+    dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    batches = endless_batches(dataset, batch_gpu, seed, device, data_loader_kwargs)
     dist.print0('Constructing network...')
-    interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels, label_dim=dataset_obj.label_dim)
-    net = dnnlib.util.construct_class_by_name(**network_kwargs, **interface_kwargs)
-    net.train().requires_grad_(True).to(device)
-    if dist.get_rank() == 0:
-        with torch.no_grad():
-            images = torch.zeros([batch_gpu, net.img_channels, net.img_resolution, net.img_resolution], device=device)
-            sigma = torch.ones([batch_gpu], device=device)
-            labels = torch.zeros([batch_gpu, net.label_dim], device=device)
-            misc.print_module_summary(net, [images, sigma, labels], max_nesting=2)
-
-    # Loss, optimizer, augmentation, DDP wrapper; the EMA copies rank 0's weights after DDP's broadcast (4.2.6).
+    net = fast_path.prepare_network(build_network(network_kwargs, dataset, batch_gpu, device), fp)
     dist.print0('Setting up optimizer...')
     loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
-    augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
+    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs,
+                                                    **fast_path.optimizer_options(fp, device))
+    augment_pipe = None if augment_kwargs is None else dnnlib.util.construct_class_by_name(**augment_kwargs)
     ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-
-    # Weights from a network pickle (--transfer/--resume), then net and optimizer from a state (4.2.7-8).
+    ema = copy.deepcopy(net).eval().requires_grad_(False) # after DDP has broadcast rank 0's weights; not compiled
     if resume_pkl is not None:
-        dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        if dist.get_rank() != 0:
-            dist.barrier() # rank 0 goes first (it may download into the cache)
-        data = snapshot.load_snapshot(resume_pkl, verbose=False)
-        if dist.get_rank() == 0:
-            dist.barrier() # other ranks follow
-        misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)
-        misc.copy_params_and_buffers(src_module=data['ema'], dst_module=ema, require_all=False)
-        del data
+        load_pickle_weights(resume_pkl, net, ema)
     if resume_state_dump:
-        dist.print0(f'Loading training state from "{resume_state_dump}"...')
-        data = snapshot.load_training_state(resume_state_dump)
-        misc.copy_params_and_buffers(src_module=data['net'], dst_module=net, require_all=True)
-        optimizer.load_state_dict(data['optimizer_state'])
-        del data
+        restore_training_state(resume_state_dump, net, optimizer)
 
-    # Schedules start at resume_kimg (4.2.9).
+    cur_nimg = resume_kimg * 1000
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
-    cur_nimg = resume_kimg * 1000
-    cur_tick = 0
-    tick_start_nimg = cur_nimg
-    tick_start_time = time.time()
-    maintenance_time = tick_start_time - start_time
+    now = time.time()
+    tick = Tick(index=0, start_nimg=cur_nimg, start_time=now, maintenance_sec=now - run_start_time)
     dist.update_progress(cur_nimg // 1000, total_kimg)
+    nonfinite = torch.zeros([], dtype=torch.int64, device=device) # non-finite loss values this tick
     stats_fd = None
-    nonfinite = torch.zeros([], dtype=torch.int64, device=device) # Non-finite loss values this tick.
-    stop_request = StopRequest()
-    try:
-        while True:
+    stopped_by = None
+    with stop_signal.StopSignal() as stop_request:
+        try:
+            while True:
+                lr = learning_rate(optimizer_kwargs['lr'], cur_nimg, lr_rampup_kimg)
+                train_step(ddp, optimizer, loss_fn, augment_pipe, batches, num_rounds,
+                    loss_scaling / batch_per_rank, lr, device, nonfinite, fp)
+                update_ema(ema, net, ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio), fused=fp.fused)
+                cur_nimg += batch_size
 
-            # Gradients of the global batch, in accumulation rounds; DDP syncs on the last (4.3.1-2).
-            optimizer.zero_grad(set_to_none=True)
-            for round_idx in range(num_accumulation_rounds):
-                with misc.ddp_sync(ddp, (round_idx == num_accumulation_rounds - 1)):
-                    images, labels = next(dataset_iterator)
-                    images = images.to(device).to(torch.float32) / 127.5 - 1
-                    labels = labels.to(device)
-                    loss = loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
-                    training_stats.report('Loss/loss', loss)
-                    nonfinite += (~torch.isfinite(loss.detach())).sum()
-                    loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+                # A tick ends after the first step, then every `kimg_per_tick`, at the end and on a stop request.
+                finished = cur_nimg >= total_kimg * 1000
+                stopping = stop_request.requested()
+                tick_over = tick.index == 0 or cur_nimg >= tick.start_nimg + kimg_per_tick * 1000
+                if not (finished or stopping or tick_over):
+                    continue
 
-            # Adam step at the ramped learning rate, on sanitised gradients (4.3.3-5).
-            for g in optimizer.param_groups:
-                g['lr'] = learning_rate(optimizer_kwargs['lr'], cur_nimg, lr_rampup_kimg)
-            sanitize_gradients(net)
-            optimizer.step()
+                end_time = time.time()
+                if dist.get_world_size() > 1:
+                    torch.distributed.all_reduce(nonfinite)
+                dist.print0(tick_report(tick, cur_nimg, end_time, run_start_time, int(nonfinite), device))
+                nonfinite.zero_()
+                if device.type == 'cuda':
+                    torch.cuda.reset_peak_memory_stats(device)
+                last_tick = finished or stopping
+                if stopping and not finished:
+                    stopped_by = stop_request.agreed
+                    dist.print0()
+                    dist.print0(f'Aborting after {stop_request.reason()}: saving a snapshot and the training state...')
 
-            # Weight average (4.3.6).
-            update_ema(ema, net, ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio))
-
-            # Continue unless a tick ends here: tick 0 after the first step, then every kimg_per_tick (4.3.7-8).
-            cur_nimg += batch_size
-            done = (cur_nimg >= total_kimg * 1000)
-            stop = stop_request.agreed()
-            if (not done) and (not stop) and (cur_tick != 0) and (cur_nimg < tick_start_nimg + kimg_per_tick * 1000):
-                continue
-
-            # Tick: progress line and statistics (4.4.1).
-            tick_end_time = time.time()
-            if dist.get_world_size() > 1:
-                torch.distributed.all_reduce(nonfinite)
-            dist.print0(report_tick(cur_tick, cur_nimg, tick_start_nimg, start_time, tick_start_time, tick_end_time,
-                maintenance_time, int(nonfinite), device))
-            nonfinite.zero_()
-            if device.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats(device)
-
-            # Stop on a signal (4.4.2), after saving a snapshot and a state at this step.
-            if (not done) and stop:
-                done = True
-                dist.print0()
-                name = signal.Signals(stop_request.signum).name if stop_request.signum is not None else 'a stop request'
-                dist.print0(f'Aborting after {name}: saving a snapshot and the training state...')
-
-            # Network snapshot (4.4.3): built on every rank (consistency check), written by rank 0.
-            if (snapshot_ticks is not None) and (done or cur_tick % snapshot_ticks == 0):
-                data = snapshot_data(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dataset_kwargs)
-                if dist.get_rank() == 0:
-                    save_snapshot(os.path.join(run_dir, f'network-snapshot-{cur_nimg//1000:06d}.pkl'), data)
-                del data
-
-            # Training state (4.4.4); when stopping, also at tick 0.
-            if (state_dump_ticks is not None) and (done or cur_tick % state_dump_ticks == 0) and (cur_tick != 0 or stop) and dist.get_rank() == 0:
-                save_training_state(os.path.join(run_dir, f'training-state-{cur_nimg//1000:06d}.pt'), net, optimizer)
-
-            # One stats.jsonl line per tick (4.4.5); collective.
-            training_stats.default_collector.update()
-            if dist.get_rank() == 0:
-                if stats_fd is None:
-                    stats_fd = open_stats_jsonl(os.path.join(run_dir, 'stats.jsonl'))
-                append_stats_line(stats_fd, dict(training_stats.default_collector.as_dict(), timestamp=time.time()))
-            dist.update_progress(cur_nimg // 1000, total_kimg)
-
-            # Next tick (4.4.6).
-            cur_tick += 1
-            tick_start_nimg = cur_nimg
-            tick_start_time = time.time()
-            maintenance_time = tick_start_time - tick_end_time
-            if done:
-                break
-    finally:
-        stop_request.restore()
-        if stats_fd is not None:
-            os.close(stats_fd)
+                save_checkpoints(run_dir, tick, cur_nimg, last_tick, stopping, snapshot_ticks, state_dump_ticks,
+                    net, ema, optimizer, loss_fn, augment_pipe, dataset_kwargs)
+                stats_fd = append_tick_stats(run_dir, stats_fd)
+                dist.update_progress(cur_nimg // 1000, total_kimg)
+                if last_tick:
+                    break
+                now = time.time()
+                tick = Tick(index=tick.index + 1, start_nimg=cur_nimg, start_time=now, maintenance_sec=now - end_time)
+        finally:
+            if stats_fd is not None:
+                os.close(stats_fd)
 
     dist.print0()
     dist.print0('Exiting...')
-
-def snapshot_data(ema, loss_fn, augment_pipe, dataset_kwargs):
-    """The snapshot dict (formats.md 2). Modules are copied in eval mode without gradients, checked
-    to be equal on all ranks (collective) and moved to the CPU."""
-    data = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
-    for key, value in data.items():
-        if isinstance(value, torch.nn.Module):
-            module = copy.deepcopy(value).eval().requires_grad_(False)
-            misc.check_ddp_consistency(module)
-            data[key] = module.cpu()
-    return data
-
-def report_tick(cur_tick, cur_nimg, tick_start_nimg, start_time, tick_start_time, tick_end_time, maintenance_time, nonfinite, device):
-    """Report the tick's numbers to training_stats (rank 0) and return the tick line (formats.md 5),
-    with the count of non-finite loss values appended as the last field."""
-    tick_sec = tick_end_time - tick_start_time
-    cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2**30
-    fields = [
-        f"tick {training_stats.report0('Progress/tick', cur_tick):<5d}",
-        f"kimg {training_stats.report0('Progress/kimg', cur_nimg / 1e3):<9.1f}",
-        f"time {dnnlib.util.format_time(training_stats.report0('Timing/total_sec', tick_end_time - start_time)):<12s}",
-        f"sec/tick {training_stats.report0('Timing/sec_per_tick', tick_sec):<7.1f}",
-        f"sec/kimg {training_stats.report0('Timing/sec_per_kimg', tick_sec / (cur_nimg - tick_start_nimg) * 1e3):<7.2f}",
-        f"maintenance {training_stats.report0('Timing/maintenance_sec', maintenance_time):<6.1f}",
-        f"cpumem {training_stats.report0('Resources/cpu_mem_gb', cpu_mem):<6.2f}",
-        f"gpumem {training_stats.report0('Resources/peak_gpu_mem_gb', _peak_gpu_mem(device, reserved=False)):<6.2f}",
-        f"reserved {training_stats.report0('Resources/peak_gpu_mem_reserved_gb', _peak_gpu_mem(device, reserved=True)):<6.2f}",
-        f"nonfinite {training_stats.report0('Loss/nonfinite', nonfinite):<5d}",
-    ]
-    return ' '.join(fields)
-
-def _peak_gpu_mem(device, reserved):
-    """Peak CUDA memory in GiB since the last reset; 0 on the CPU."""
-    if device.type != 'cuda':
-        return 0.0
-    return (torch.cuda.max_memory_reserved(device) if reserved else torch.cuda.max_memory_allocated(device)) / 2**30
+    return stopped_by
 
 #----------------------------------------------------------------------------
