@@ -139,33 +139,6 @@ def test_resize_is_identity_at_299():
     x = torch.rand(2, 3, 299, 299) * 255
     assert torch.allclose(inception.resize_like_tf(x), x, atol=1e-2)
 
-def test_resize_of_a_batch_is_the_resize_of_each_image():
-    """One sampling grid serves the whole batch: every image comes out bit for bit as if alone,
-    and grayscale resized once and repeated equals grayscale repeated and then resized."""
-    images = torch.randint(0, 256, [5, 3, 32, 24], dtype=torch.uint8)
-    batch = inception.preprocess(images)
-    alone = torch.cat([inception.preprocess(image[None]) for image in images])
-    assert batch.shape == (5, 3, 299, 299) and torch.equal(batch, alone)
-    gray = images[:, :1]
-    assert torch.equal(inception.preprocess(gray).expand(-1, 3, -1, -1), inception.preprocess(gray.repeat([1, 3, 1, 1])))
-
-def test_fast_detector_matches_the_layers_as_loaded(zips, detector_pt):
-    """The streamlined graph (channels_last throughout, in-place ReLU, nothing folded) and the
-    grayscale shortcut change the features by float32 round-off only."""
-    fast = inception.load_detector(detector_pt, verbose=False)
-    plain = inception.load_detector(detector_pt, verbose=False, fast=False)
-    images = dataset.ImageFolderDataset(path=zips['t10k256'], max_size=6)
-    gray = torch.from_numpy(np.stack([images[i][0] for i in range(len(images))]))
-    with torch.inference_mode():
-        features = fast(gray)
-        expected = plain(gray.repeat([1, 3, 1, 1]))
-    assert features.dtype == torch.float32 and features.shape == (6, 2048)
-    assert_rel(features.numpy(), expected.numpy(), 2e-6, 'features')
-    assert_rel(features.double().mean(0).numpy(), expected.double().mean(0).numpy(), 1e-6, 'mean features')
-    graph = fast.network(torch.device('cpu')).graph
-    assert not graph.findAllNodes('aten::contiguous') and not graph.findAllNodes('aten::relu')
-    assert len(graph.findAllNodes('aten::relu_')) == len(graph.findAllNodes('aten::batch_norm')) > 0
-
 @pytest.mark.parametrize('name', ['t10k256', 'train64'])
 def test_detector_features_golden(fid_golden, zips, detector_pt, name):
     g, _ = fid_golden

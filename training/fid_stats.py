@@ -52,16 +52,14 @@ def default_device():
 #----------------------------------------------------------------------------
 # Feature statistics: sample mean and unbiased covariance of the 2048-D pool features.
 
-def batch_features(detector, images, detector_url=None):
-    """float64 features [B, 2048] of a uint8 NCHW batch. Grayscale is repeated to RGB here unless
-    the detector takes it as it is (`takes_grayscale`). `detector_url` names it in errors."""
-    if images.shape[1] == 1 and not getattr(detector, 'takes_grayscale', False):
+def batch_features(detector, images, detector_url):
+    """float64 features [B, 2048] of a uint8 NCHW batch; grayscale is repeated to RGB."""
+    if images.shape[1] == 1:
         images = images.repeat([1, 3, 1, 1])
     features = detector(images)
     expected = [images.shape[0], inception.FEATURE_DIM]
     if list(features.shape) != expected:
-        where = f'{detector_url}: ' if detector_url else ''
-        raise StatsError(f'{where}the detector returned features of shape {list(features.shape)}, expected {expected}')
+        raise StatsError(f'{detector_url}: the detector returned features of shape {list(features.shape)}, expected {expected}')
     return features.to(torch.float64)
 
 def mean_and_covariance(feature_sum, outer_sum, count):
@@ -71,47 +69,20 @@ def mean_and_covariance(feature_sum, outer_sum, count):
     covariance = (outer_sum - count * torch.outer(mean, mean)) / (count - 1)
     return mean, covariance
 
-def default_workers(device):
-    """Loader processes that decode images while the detector runs: 3 beside a GPU; none on the CPU,
-    where decoding is ~0.1% of the detector's time and a process would only take cores from it."""
-    return 3 if device.type == 'cuda' else 0
-
-def detector_stats(detector, images, device, max_batch_size=64, num_workers=0, prefetch_factor=2,
-        detector_url=None, progress=False):
-    """(mu, sigma) as float64 tensors on `device`: the mean and unbiased covariance of the detector's
-    features of a dataset of uint8 images. Under torchrun every rank takes its share of the batches
-    and the sums are combined, so each rank returns the same statistics. The sums stay float64."""
-    count = len(images)
-    loader = torch.utils.data.DataLoader(images, num_workers=num_workers, pin_memory=(device.type == 'cuda'),
-        batch_sampler=dist.split_batches(torch.arange(count), max_batch_size),
-        prefetch_factor=(prefetch_factor if num_workers > 0 else None))
-    dim = inception.FEATURE_DIM
-    feature_sum = torch.zeros([dim], dtype=torch.float64, device=device)
-    outer_sum = torch.zeros([dim, dim], dtype=torch.float64, device=device)
-    with torch.inference_mode():
-        for pixels, _labels in tqdm.tqdm(loader, unit='batch', disable=not progress):
-            dist.barrier() # Keeps the ranks in step, so rank 0's progress bar speaks for all.
-            if len(pixels) == 0:
-                continue
-            features = batch_features(detector, pixels.to(device, non_blocking=True), detector_url)
-            feature_sum += features.sum(0)
-            outer_sum.addmm_(features.T, features)
-    if dist.get_world_size() > 1:
-        for total in (feature_sum, outer_sum):
-            torch.distributed.all_reduce(total)
-    return mean_and_covariance(feature_sum, outer_sum, count)
-
 def compute_stats(image_path, num=None, seed=0, max_batch_size=64, detector_url=inception.DETECTOR_URL,
         device=None, num_workers=None, prefetch_factor=2):
     """Inception statistics (mu, sigma) of the images at `image_path`, as float64 numpy arrays.
 
     `num` selects a seeded random subset of that many images (all images when None). Under
     torchrun every rank takes its share of the batches and the sums are combined, so each rank
-    returns the same statistics. `num_workers=None` chooses `default_workers(device)`.
+    returns the same statistics. `num_workers=None` means 3 loader processes on a GPU and none on
+    the CPU, where they would only compete with the detector for the cores.
     """
     if not os.path.exists(image_path): # Said before the detector is loaded, which may mean a download.
         raise IOError(f'{image_path}: no such image folder or zip file')
     device = default_device() if device is None else torch.device(device)
+    if num_workers is None:
+        num_workers = 3 if device.type == 'cuda' else 0
     leader = dist.get_rank() == 0
 
     with dist.rank_zero_first(): # Rank 0 fills the download cache and reports bad inputs first.
@@ -120,10 +91,28 @@ def compute_stats(image_path, num=None, seed=0, max_batch_size=64, detector_url=
         dist.print0(f'Loading images from "{image_path}"...')
         images = open_image_set(image_path, num, seed)
 
-    dist.print0(f'Calculating statistics for {len(images)} images...')
-    mu, sigma = detector_stats(detector, images, device, max_batch_size=max_batch_size,
-        num_workers=(default_workers(device) if num_workers is None else num_workers),
-        prefetch_factor=prefetch_factor, detector_url=detector_url, progress=leader)
+    count = len(images)
+    loader = torch.utils.data.DataLoader(images, num_workers=num_workers,
+        batch_sampler=dist.split_batches(torch.arange(count), max_batch_size),
+        prefetch_factor=(prefetch_factor if num_workers > 0 else None))
+    dim = inception.FEATURE_DIM
+    feature_sum = torch.zeros([dim], dtype=torch.float64, device=device)
+    outer_sum = torch.zeros([dim, dim], dtype=torch.float64, device=device)
+
+    dist.print0(f'Calculating statistics for {count} images...')
+    with torch.inference_mode():
+        for pixels, _labels in tqdm.tqdm(loader, unit='batch', disable=not leader):
+            dist.barrier() # Keeps the ranks in step, so rank 0's progress bar speaks for all.
+            if len(pixels) == 0:
+                continue
+            features = batch_features(detector, pixels.to(device), detector_url)
+            feature_sum += features.sum(0)
+            outer_sum += features.T @ features
+
+    if dist.get_world_size() > 1:
+        for total in (feature_sum, outer_sum):
+            torch.distributed.all_reduce(total)
+    mu, sigma = mean_and_covariance(feature_sum, outer_sum, count)
     mu, sigma = mu.cpu().numpy(), sigma.cpu().numpy()
     check_finite(f'the features of {image_path}', mu=mu, sigma=sigma)
     return mu, sigma
