@@ -382,7 +382,7 @@ def check_can_create(path):
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
-        raise NotADirectoryError(errno.ENOTDIR, f'"{ancestor}" is a file, not a folder')
+        raise NotADirectoryError(errno.ENOTDIR, f'Not a directory: "{ancestor}" is a file')
     with tempfile.TemporaryFile(dir=ancestor):
         pass
 
