@@ -439,6 +439,42 @@ def test_train_py_fast_run(data8, tmp_path):
     assert len(stats) == 2 and all(np.isfinite(line['Loss/loss']['mean']) for line in stats)
     assert snapshot.load_snapshot(os.path.join(run_dir, 'network-snapshot-000001.pkl'), verbose=False)['ema'].training is False
 
+def _denoise(net, seed=0):
+    x = torch.randn([4, 3, 8, 8], generator=torch.Generator().manual_seed(seed))
+    sigma = torch.tensor([0.02, 0.4, 2.0, 40.0])
+    with torch.no_grad():
+        return net(x, sigma)
+
+@pytest.mark.parametrize('knobs', [dict(bf16=True), dict(channels_last=True), dict(fused=True),
+                                   dict(bf16=True, channels_last=True, fused=True)], ids=lambda knobs: '+'.join(knobs))
+def test_fast_path_snapshot_is_the_plain_network(loop_kwargs, tmp_path, monkeypatch, knobs):
+    """The last snapshot holds the live EMA, as a contiguous float32 network: loaded safely or with its
+    own code (as the original loads it), it gives the D(x) that the live EMA gives in float32."""
+    live = {}
+    def keep_ema(ema, *args):
+        live['ema'] = ema
+        return snapshot_contents(ema, *args)
+    snapshot_contents = tl.snapshot_contents
+    monkeypatch.setattr(tl, 'snapshot_contents', keep_ema)
+    try:
+        tl.training_loop(run_dir=str(tmp_path), total_kimg=0.024, kimg_per_tick=0.016, fast_kwargs=knobs, **loop_kwargs)
+        live_D = _denoise(live['ema']) # fast attention and memory format as trained, float32
+    finally:
+        networks.use_fast_attention(False)
+    # Not the loss means: once a loop in this process has reported a NaN loss (the test of non-finite
+    # losses does), the running totals of training_stats, and so every later mean, stay NaN.
+    assert [line['Loss/loss']['num'] for line in _read_stats(str(tmp_path))] == [8 * 3 * 8 * 8, 16 * 3 * 8 * 8]
+    assert all(torch.isfinite(p).all() for p in live['ema'].parameters())
+    path = str(tmp_path / 'network-snapshot-000000.pkl')
+    for allow_code in [False, True]:
+        ema = snapshot.load_snapshot(path, verbose=False, allow_code=allow_code)['ema']
+        assert type(ema).__name__ == 'EDMPrecond' and not ema.training
+        for loaded, trained in zip(ema.parameters(), live['ema'].parameters()):
+            assert loaded.dtype == torch.float32 and loaded.is_contiguous() and torch.equal(loaded, trained)
+        torch.testing.assert_close(_denoise(ema), live_D, rtol=1e-5, atol=1e-6)
+    state = snapshot.load_training_state(str(tmp_path / 'training-state-000000.pt'))
+    assert _adam_step(state) == 3
+
 @pytest.mark.skipif(not hasattr(torch.nn.Module, 'compile'), reason='torch.nn.Module.compile needs PyTorch 2.2+')
 def test_compiled_network_pickles_plain(tmp_path):
     """torch.compile of the U-Net lives in a call hook that neither copies nor pickles carry."""
