@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import generate
 from torch_utils import persistence
 from training import fast_path, generation, networks
-from training.samplers import StackedRandomGenerator, edm_sampler
+from training.samplers import StackedRandomGenerator, ablation_sampler, dpmpp2m_sampler, edm_sampler, euler_ancestral_sampler
 
 from sampling_helpers import WEIGHTS, cli_args, golden_network, sampling_meta, write_snapshot
 
@@ -65,13 +65,13 @@ def test_options_defaults_and_metavars():
     assert params == dict(network_pkl='n.pkl', outdir='out', seeds=list(range(64)), subdirs=False, class_idx=None,
                           max_batch_size=64, num_steps=18, sigma_min=None, sigma_max=None, rho=7, S_churn=0, S_min=0,
                           S_max=float('inf'), S_noise=1, solver=None, discretization=None, schedule=None, scaling=None,
-                          fast=False, bf16=None, channels_last=None, tf32=None, compile_unet=None, fused=None)
+                          guidance=1, gnet=None, fast=False, bf16=None, channels_last=None, tf32=None, compile_unet=None, fused=None)
     metavars = {param.opts[0]: param.metavar for param in generate.main.params}
     assert metavars == {'--network': 'PATH|URL', '--outdir': 'DIR', '--seeds': 'LIST', '--subdirs': None, '--class': 'INT',
                         '--batch': 'INT', '--steps': 'INT', '--sigma_min': 'FLOAT', '--sigma_max': 'FLOAT', '--rho': 'FLOAT',
                         '--S_churn': 'FLOAT', '--S_min': 'FLOAT', '--S_max': 'FLOAT', '--S_noise': 'FLOAT',
-                        '--solver': 'euler|heun', '--disc': 'vp|ve|iddpm|edm', '--schedule': 'vp|ve|linear', '--scaling': 'vp|none',
-                        '--fast': None, '--bf16': 'BOOL', '--channels-last': 'BOOL', '--tf32': 'BOOL', '--compile': 'BOOL', '--fused': 'BOOL'}
+                        '--solver': 'SOLVER', '--disc': 'vp|ve|iddpm|edm', '--schedule': 'vp|ve|linear', '--scaling': 'vp|none',
+                        '--guidance': 'FLOAT', '--gnet': 'PATH|URL', '--fast': None, '--bf16': 'BOOL', '--channels-last': 'BOOL', '--tf32': 'BOOL', '--compile': 'BOOL', '--fused': 'BOOL'}
     help_text = ' '.join(CliRunner().invoke(generate.main, ['--help']).output.split()) # Undo line wrapping.
     for shown in ['[default: 0-63]', '[default: 64; x>=1]', '[default: 18; x>=1]', 'x>0', '[default: inf; x>=0]', '[default: random]', '[default: varies]']:
         assert shown in help_text
@@ -162,6 +162,34 @@ def test_generate_images_yields_the_cli_pixels(golden, snapshots, tmp_path):
     assert batch.seeds == [2, 5] and batch.labels.tolist() == [3, 3]
     with pytest.raises(ValueError, match='out of range'):
         next(generation.generate_images(golden_network(golden, 'pert'), [0], class_idx=4, device='cpu'))
+
+#----------------------------------------------------------------------------
+# The solvers with one network evaluation per step (--solver=dpmpp2m, --solver=euler_a).
+
+def test_choose_sampler_routes_the_solvers():
+    assert generation.choose_sampler(dict(num_steps=5, solver=None, S_churn=None)) == (edm_sampler, dict(num_steps=5))
+    assert generation.choose_sampler(dict(solver='heun', discretization='vp'))[0] is ablation_sampler
+    edm_defaults = dict(discretization='edm', schedule='linear', scaling='none', S_churn=0, S_min=0, S_max=float('inf'), S_noise=1)
+    for solver, sampler in (('dpmpp2m', dpmpp2m_sampler), ('euler_a', euler_ancestral_sampler)):
+        chosen = generation.choose_sampler(dict(num_steps=5, rho=6, sigma_min=None, solver=solver, **edm_defaults))
+        assert chosen == (sampler, dict(num_steps=5, rho=6))
+        for key, value in (('discretization', 'vp'), ('scaling', 'vp'), ('S_churn', 10), ('S_noise', 1.01)):
+            with pytest.raises(ValueError, match=f'{key}={value}'):
+                generation.choose_sampler(dict(edm_defaults, solver=solver, **{key: value}))
+
+@pytest.mark.parametrize('solver, sampler', [('dpmpp2m', dpmpp2m_sampler), ('euler_a', euler_ancestral_sampler)])
+def test_generate_runs_the_one_evaluation_solvers(snapshots, tmp_path, solver, sampler):
+    result = run_generate([f'--network={snapshots["gray"]}', f'--outdir={tmp_path}', '--seeds=4,6,8', '--batch=2', '--steps=6',
+                           f'--solver={solver}', '--disc=edm', '--S_churn=0'])
+    assert result.exit_code == 0, result.output
+    _, images = read_pngs(tmp_path, ['000004.png', '000006.png', '000008.png'])
+    with open(snapshots['gray'], 'rb') as f:
+        net = pickle.load(f)['ema']
+    rnd = StackedRandomGenerator(torch.device('cpu'), [4, 6, 8])
+    latents = rnd.randn([3, 1, 8, 8])
+    with torch.no_grad():
+        expected = generation.to_uint8(sampler(net, latents, randn_like=rnd.randn_like, num_steps=6)).numpy()
+    assert_pixels_match(images, expected[..., 0])
 
 #----------------------------------------------------------------------------
 # The fast path: close to the faithful images, reproducible for a given batch size.

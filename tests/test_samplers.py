@@ -20,7 +20,8 @@ import torch
 
 import generate
 from training import generation
-from training.samplers import StackedRandomGenerator, ablation_sampler, edm_sampler, noise_range
+from training.samplers import (StackedRandomGenerator, ablation_sampler, dpmpp2m_sampler, edm_noise_levels, edm_sampler,
+                               euler_ancestral_sampler, noise_range)
 
 from sampling_helpers import SAMPLER_OPTIONS, WEIGHTS, cli_args, golden_network
 
@@ -129,6 +130,90 @@ def test_noise_range_is_limited_to_the_network():
     assert noise_range(net, 0.002, 80) == (0.5, 20)
     with pytest.raises(ValueError, match='supports 0.5 to 20'):
         noise_range(net, 30, 80)
+
+#----------------------------------------------------------------------------
+# One-evaluation-per-step solvers on the EDM time steps: DPM-Solver++(2M) and ancestral Euler.
+
+@pytest.mark.parametrize('sampler', [dpmpp2m_sampler, euler_ancestral_sampler])
+def test_fast_solvers_use_the_edm_time_steps_once_each(sampler):
+    net = GaussianDenoiser()
+    sampler(net, torch.ones([1, 1, 1, 1]), randn_like=torch.zeros_like, num_steps=10, sigma_min=0.01, sigma_max=20, rho=5)
+    np.testing.assert_allclose(net.sigmas, edm_noise_levels(10, 0.01, 20, 5).numpy(), rtol=1e-14) # NFE = N.
+
+def test_dpmpp2m_converges_to_ode_solution_at_second_order():
+    # Relative errors at 18, 36, 72, 144 steps are about 6e-2, 1.3e-2, 3e-3, 7e-4: the ratio of
+    # consecutive errors tends to 4, as for Heun, at half the network evaluations.
+    errors = [relative_error(dpmpp2m_sampler, n)[0] for n in (18, 36, 72, 144)]
+    for coarse, fine in zip(errors[:-1], errors[1:]):
+        assert 3.5 < coarse / fine < 5.0
+    assert abs(errors[-1]) < 1e-3
+
+def test_dpmpp2m_follows_the_papers_update():
+    # DPM-Solver++(2M) as Lu et al. write it, with alpha = 1, lambda = -log sigma, h_i = lambda_{i+1} - lambda_i,
+    # r_i = h_{i-1} / h_i: x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h_i} - 1) D_eff with
+    # D_eff = (1 + 1 / (2 r_i)) D_i - 1 / (2 r_i) D_{i-1} (just D_0 on the first step), and x_N = D_{N-1}.
+    denoise = lambda x, sigma: torch.tanh(x / (1 + sigma)) * 0.7
+    class TanhDenoiser(GaussianDenoiser):
+        def __call__(self, x, sigma, class_labels=None):
+            return denoise(x, sigma)
+    latents = torch.tensor([0.3, -1.1, 2.0]).reshape(3, 1, 1, 1)
+    num_steps = 7
+    t_steps = edm_noise_levels(num_steps, 0.002, 80, 7)
+    x = latents.to(torch.float64) * t_steps[0]
+    lambdas = -t_steps.log()
+    previous = None
+    for i in range(num_steps - 1):
+        denoised = denoise(x, t_steps[i])
+        h = lambdas[i + 1] - lambdas[i]
+        effective = denoised
+        if previous is not None:
+            r = (lambdas[i] - lambdas[i - 1]) / h
+            effective = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
+        x = t_steps[i + 1] / t_steps[i] * x - torch.expm1(-h) * effective
+        previous = denoised
+    expected = denoise(x, t_steps[-1])
+    torch.testing.assert_close(dpmpp2m_sampler(TanhDenoiser(), latents, num_steps=num_steps), expected, rtol=1e-12, atol=1e-12)
+
+def test_euler_ancestral_converges_to_data_variance_at_first_order():
+    # Exact output variance (the sampler is linear in latents and noise): its error halves per
+    # doubling of the steps, and the Richardson limit is sigma_d^2.
+    results = [output_variance(euler_ancestral_sampler, n) for n in (64, 128, 256)]
+    errors, sigma_m = [variance / SIGMA_DATA ** 2 - 1 for variance, _ in results], results[-1][1]
+    ratio = (errors[0] - errors[1]) / (errors[1] - errors[2])
+    assert 1.6 < ratio < 2.4
+    assert abs(richardson_limit(errors, 1)) < 1e-3 + 2 * (sigma_m / SIGMA_DATA) ** 2
+
+def test_euler_ancestral_samples_the_data_distribution():
+    # Monte Carlo with real draws: mean 0 and variance sigma_d^2 up to the sampling error and the
+    # first-order discretisation error (about 1.2 % of the variance at 1024 steps).
+    n, num_steps = 20000, 1024
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn([n, 1, 1, 1], generator=generator)
+    randn_like = lambda x: torch.randn(x.shape, dtype=x.dtype, generator=generator)
+    x = euler_ancestral_sampler(GaussianDenoiser(), latents, randn_like=randn_like, num_steps=num_steps)
+    bias = abs(output_variance(euler_ancestral_sampler, num_steps)[0] / SIGMA_DATA ** 2 - 1)
+    assert bias < 0.015
+    assert abs(x.var().item() / SIGMA_DATA ** 2 - 1) < bias + 4 * math.sqrt(2 / n)
+    assert abs(x.mean().item()) < 4 * SIGMA_DATA / math.sqrt(n)
+    # Without the fresh noise the variance collapses: the noise is what keeps it.
+    silent = euler_ancestral_sampler(GaussianDenoiser(), latents, randn_like=torch.zeros_like, num_steps=num_steps)
+    assert silent.var().item() / SIGMA_DATA ** 2 < 0.01
+
+def test_euler_ancestral_output_depends_only_on_the_seed():
+    def sample(seeds):
+        rnd = StackedRandomGenerator(torch.device('cpu'), seeds)
+        latents = rnd.randn([len(seeds), 1, 2, 2])
+        return euler_ancestral_sampler(GaussianDenoiser(), latents, randn_like=rnd.randn_like, num_steps=8)
+    together = sample([3, 7, 11])
+    for i, seed in enumerate([3, 7, 11]):
+        assert torch.equal(sample([seed])[0], together[i])
+    assert torch.equal(sample([11, 3])[1], together[0])
+    assert not torch.equal(sample([4])[0], together[0])
+    # The per-step noise matters: the same latents with another noise stream give another sample.
+    rnd = StackedRandomGenerator(torch.device('cpu'), [3])
+    latents = rnd.randn([1, 1, 2, 2])
+    other_noise = euler_ancestral_sampler(GaussianDenoiser(), latents, randn_like=torch.randn_like, num_steps=8)
+    assert not torch.equal(other_noise[0], together[0])
 
 #----------------------------------------------------------------------------
 # Ablation sampler: every solver x discretisation x schedule x scaling combination.

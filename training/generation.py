@@ -4,6 +4,9 @@ Every image depends only on its seed. Its latents, its class label and the noise
 step come from a generator of its own, so neither the batch size nor the number of processes changes
 it. Works with or without torch.distributed; under torchrun each rank gets its share of the seeds.
 
+Guidance (`guidance=`, `gnet=`, see GuidedDenoiser) and the choice of solver add no randomness, so
+the same holds for guided images and for every solver.
+
 On the fast path (`fast=`, see training/fast_path.py) the network runs in bfloat16 and/or on
 channels_last tensors, while the samplers keep their float64 arithmetic. Its images are then close to,
 but not bit-identical with, the faithful ones, and with bfloat16 an image may also change slightly
@@ -29,11 +32,19 @@ import torch
 
 from torch_utils import distributed as dist
 from training import fast_path
-from training.samplers import StackedRandomGenerator, ablation_sampler, edm_sampler, noise_range
+from training.samplers import (StackedRandomGenerator, ablation_sampler, dpmpp2m_sampler, edm_sampler,
+                               euler_ancestral_sampler, noise_range)
 from training.snapshot import load_snapshot
 
 # Options that only the generalised sampler has; giving any of them selects it.
 ABLATION_OPTIONS = ('solver', 'discretization', 'schedule', 'scaling')
+
+# Solvers with a sampler of their own on the EDM time steps (Eq. 5), without churn.
+EDM_STEP_SOLVERS = {'dpmpp2m': dpmpp2m_sampler, 'euler_a': euler_ancestral_sampler}
+
+# Options that such a solver accepts only at these values (those of the EDM sampler without churn).
+EDM_STEP_DEFAULTS = dict(discretization='edm', schedule='linear', scaling='none', S_churn=0, S_min=0,
+                         S_max=float('inf'), S_noise=1)
 
 class GeneratedBatch(NamedTuple):
     """One batch yielded by generate_images."""
@@ -72,11 +83,39 @@ def check_noise_range(net, sampler_kwargs):
     noise_range(net, options.get('sigma_min'), options.get('sigma_max'), options.get('discretization', 'edm'),
         options.get('epsilon_s', 1e-3))
 
+def options_foreign_to_solver(sampler_kwargs):
+    """The options that the chosen solver cannot honour: for dpmpp2m and euler_a, those set to
+    other values than EDM_STEP_DEFAULTS; for the other solvers none."""
+    if sampler_kwargs.get('solver') not in EDM_STEP_SOLVERS:
+        return []
+    return [key for key, default in EDM_STEP_DEFAULTS.items() if sampler_kwargs.get(key) not in (None, default)]
+
 def choose_sampler(sampler_kwargs):
     """The sampler to use and its options. Options set to None are dropped, so that they take the
-    sampler's own defaults; any ablation option selects the generalised sampler."""
+    sampler's own defaults. solver='dpmpp2m' or 'euler_a' selects that sampler (ValueError for
+    options it cannot honour); otherwise any ablation option selects the generalised sampler."""
     options = {key: value for key, value in sampler_kwargs.items() if value is not None}
+    solver = options.get('solver')
+    if solver in EDM_STEP_SOLVERS:
+        foreign = options_foreign_to_solver(options)
+        if foreign:
+            raise ValueError(f'solver={solver} runs on the EDM time steps without churn; it cannot take ' +
+                             ', '.join(f'{key}={options[key]}' for key in foreign))
+        kept = {key: value for key, value in options.items() if key != 'solver' and key not in EDM_STEP_DEFAULTS}
+        return EDM_STEP_SOLVERS[solver], kept
     return (ablation_sampler if any(key in options for key in ABLATION_OPTIONS) else edm_sampler), options
+
+def check_guidance(net, guidance, gnet):
+    """Raise ValueError unless guidance with weight `guidance` and guide network `gnet` (or None)
+    can be applied to `net`: the guide must produce the same images from the same labels, and
+    classifier-free guidance (no guide) needs a class-conditional network."""
+    if gnet is not None:
+        for name in ('img_resolution', 'img_channels', 'label_dim'):
+            if getattr(gnet, name) != getattr(net, name):
+                raise ValueError(f'the guide network has {name}={getattr(gnet, name)}, the main network {name}={getattr(net, name)}')
+    elif guidance != 1 and not net.label_dim:
+        raise ValueError('classifier-free guidance needs a class-conditional network (this one has label_dim=0); '
+                         'give a guide network for autoguidance')
 
 def to_uint8(images):
     """Sampler output in [-1, 1] -> uint8 [N, H, W, C] on the CPU. The cast truncates, so a value
@@ -116,6 +155,26 @@ class FastDenoiser:
         with fast_path.autocast(self.fp, self.device):
             return self.net(x, sigma, class_labels)
 
+class GuidedDenoiser:
+    """The denoiser of guided sampling, D_w = D_guide + w (D_main - D_guide), computed in float64.
+    With a guide network this is autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a
+    Bad Version of Itself"): the guide sees the same class labels. Without one (guide=None)
+    it is classifier-free guidance: the guide is the main network given the all-zero label vector,
+    the unconditional branch that label dropout trains. The noise range and round_sigma are those
+    of the main network; each call evaluates both networks once, so a sampler's NFE doubles."""
+
+    def __init__(self, main, guide, weight):
+        self.main, self.guide, self.weight = main, guide, weight
+        self.sigma_min, self.sigma_max, self.round_sigma = main.sigma_min, main.sigma_max, main.round_sigma
+
+    def __call__(self, x, sigma, class_labels=None):
+        if self.guide is None:
+            guided = self.main(x, sigma, torch.zeros_like(class_labels))
+        else:
+            guided = self.guide(x, sigma, class_labels)
+        guided = guided.to(torch.float64)
+        return guided + self.weight * (self.main(x, sigma, class_labels).to(torch.float64) - guided)
+
 def prepare_denoiser(net, fp, device):
     """Move `net` to `device` and prepare it for the fast path `fp`, in place; return what the
     samplers should call: the network itself on the faithful path, else a FastDenoiser around it.
@@ -138,7 +197,12 @@ def default_device():
 
 #----------------------------------------------------------------------------
 
-def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, fast=fast_path.FastPath(), **sampler_kwargs):
+def load_guide(gnet):
+    """A guide network given as a path or URL, loaded with load_network; a network as it is."""
+    return load_network(gnet) if isinstance(gnet, (str, os.PathLike)) else gnet
+
+def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, fast=fast_path.FastPath(), guidance=1,
+                    gnet=None, **sampler_kwargs):
     """Sample one image per seed; yield them batch by batch as GeneratedBatch(seeds, images, labels).
 
     net:            a preconditioned network (moved to `device` in place), or the path or URL of a
@@ -150,19 +214,34 @@ def generate_images(net, seeds, class_idx=None, max_batch_size=64, device=None, 
     fast:           a training.fast_path.FastPath, e.g. fast_path.resolve(device, fast=True); the
                     default is the faithful path. Its switches (TF32, the attention kernel) are
                     process-wide, and the network keeps the fast path's memory format and compiled U-Net.
-    sampler_kwargs: options of edm_sampler, or of ablation_sampler when solver, discretization,
-                    schedule or scaling is given (e.g. num_steps=40, S_churn=40); None means default.
+    guidance:       the guidance weight w (see GuidedDenoiser); 1, the default, samples without guidance.
+    gnet:           the guide network of autoguidance (a network, or a path or URL as for `net`), with
+                    the resolution, channels and labels of `net`; None gives classifier-free guidance
+                    (class-conditional networks only). Unused when guidance is 1.
+    sampler_kwargs: options of edm_sampler; of dpmpp2m_sampler or euler_ancestral_sampler for
+                    solver='dpmpp2m' or 'euler_a'; of ablation_sampler when solver ('euler', 'heun'),
+                    discretization, schedule or scaling is given (e.g. num_steps=40, S_churn=40); None
+                    means default.
 
-    Raises ValueError (on the first iteration) for a network, class_idx or noise range that cannot be used.
+    Raises ValueError (on the first iteration) for a network, guide, class_idx, noise range or
+    sampler options that cannot be used.
     """
     if isinstance(net, (str, os.PathLike)):
         net = load_network(net)
+    gnet = load_guide(gnet)
     device = torch.device(device) if device is not None else default_device()
     check_denoiser(net)
+    if gnet is not None:
+        check_denoiser(gnet)
+    check_guidance(net, guidance, gnet)
     check_class_idx(net, class_idx)
     check_noise_range(net, sampler_kwargs)
     sampler, sampler_kwargs = choose_sampler(sampler_kwargs)
-    run_sampler = functools.partial(sampler, prepare_denoiser(net, fast, device), **sampler_kwargs)
+    denoiser = prepare_denoiser(net, fast, device)
+    if guidance != 1:
+        guide = None if gnet is None else prepare_denoiser(gnet, fast, device)
+        denoiser = GuidedDenoiser(denoiser, guide, guidance)
+    run_sampler = functools.partial(sampler, denoiser, **sampler_kwargs)
 
     for batch_seeds in dist.split_batches(list(seeds), max_batch_size):
         dist.barrier() # Keeps the ranks in step; every rank has the same number of batches.

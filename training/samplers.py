@@ -3,8 +3,10 @@
 `edm_sampler` is the paper's stochastic Heun sampler (Algorithm 2) with sigma(t) = t and s(t) = 1.
 `ablation_sampler` generalises it to the other columns of Table 1: a choice of ODE solver, noise-level
 discretisation, noise schedule sigma(t) and signal scaling s(t) (Algorithm 1, plus the same churn).
+`dpmpp2m_sampler` (DPM-Solver++(2M)) and `euler_ancestral_sampler` need one network evaluation per
+step on the EDM time steps.
 
-Both take a preconditioned denoiser `net`, called as net(x, sigma, class_labels) with a float64 x and a
+All take a preconditioned denoiser `net`, called as net(x, sigma, class_labels) with a float64 x and a
 0-d float64 sigma (its output is cast to float64), float32 latents [N,C,H,W], optional class labels and a
 `randn_like` noise source. They return the final x in float64; all their arithmetic is float64.
 """
@@ -97,13 +99,16 @@ def second_order_step(x, t, t_next, slope, slope_ahead, alpha=1):
 
 #----------------------------------------------------------------------------
 
+def edm_time_steps(net, num_steps, sigma_min, sigma_max, rho, device=None):
+    """t_0 > ... > t_{N-1} > t_N = 0: the levels of Eq. 5 within the network's noise range, rounded
+    to levels the network supports, and the final 0."""
+    sigma_min, sigma_max = noise_range(net, sigma_min, sigma_max)
+    return append_zero(net.round_sigma(edm_noise_levels(num_steps, sigma_min, sigma_max, rho, device=device)))
+
 def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
                 sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1):
-    """Heun sampler with optional churn (Algorithm 2); 2 N - 1 network evaluations for N steps."""
-    sigma_min, sigma_max = noise_range(net, sigma_min, sigma_max)
-    levels = edm_noise_levels(num_steps, sigma_min, sigma_max, rho, device=latents.device)
-    t_steps = append_zero(net.round_sigma(levels))
-
+    """Heun sampler with optional churn (Algorithm 2). NFE (network evaluations) for N steps: 2 N - 1."""
+    t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
     x = latents.to(torch.float64) * t_steps[0]
     for i in range(num_steps):
         t_cur, t_next = t_steps[i], t_steps[i + 1]
@@ -114,6 +119,58 @@ def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, nu
         x = euler_step(x_hat, t_hat, t_next, slope)
         if i < num_steps - 1: # The final step, to sigma = 0, stays first-order.
             x = second_order_step(x_hat, t_hat, t_next, slope, edm_slope(net, x, t_next, class_labels))
+    return x
+
+#----------------------------------------------------------------------------
+# Solvers that need fewer network evaluations, on the same EDM time steps (Eq. 5, no churn). In
+# terms of lambda = -log sigma, the ODE dx/dsigma = (x - D(x; sigma)) / sigma has the exact solution
+# x(sigma_next) = D + (sigma_next / sigma) (x(sigma) - D) while D stays constant; both build on it.
+
+def toward_denoised(x, sigma, sigma_next, denoised):
+    """Move x from level sigma to sigma_next along the line through the denoised estimate. This is
+    the first-order DPM-Solver++ update and, for sigma(t) = t, also the Euler step."""
+    return denoised + (sigma_next / sigma) * (x - denoised)
+
+def dpmpp2m_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
+                    sigma_max=80, rho=7):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", Algorithm 2): multistep, second order, in the data prediction D. With
+    log-steps h_i = log(sigma_i / sigma_{i+1}), step i uses the linear extrapolation in lambda
+    D_i + h_i / (2 h_{i-1}) (D_i - D_{i-1}) of the last two estimates. The first step has no history
+    and the last one, to sigma = 0 (h = infinity), lands on D itself: both are first-order.
+    Deterministic (randn_like is not used). NFE for N steps: N."""
+    t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
+    x = latents.to(torch.float64) * t_steps[0]
+    previous = None # (D, h) of the step before.
+    for sigma, sigma_next in zip(t_steps[:-2], t_steps[1:-1]):
+        denoised = net(x, sigma, class_labels).to(torch.float64)
+        h = (sigma / sigma_next).log()
+        target = denoised
+        if previous is not None:
+            target = denoised + (h / (2 * previous[1])) * (denoised - previous[0])
+        x = toward_denoised(x, sigma, sigma_next, target)
+        previous = (denoised, h)
+    return net(x, t_steps[-2], class_labels).to(torch.float64) # The last step, to sigma = 0, lands on D.
+
+def ancestral_split(sigma, sigma_next):
+    """(sigma_down, sigma_up) of an ancestral step with eta = 1: the deterministic step goes down to
+    sigma_down and fresh noise of std sigma_up brings the level back up to
+    sqrt(sigma_down^2 + sigma_up^2) = sigma_next."""
+    sigma_up = torch.minimum(sigma_next, (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2).sqrt())
+    sigma_down = (sigma_next ** 2 - sigma_up ** 2).clip(min=0).sqrt()
+    return sigma_down, sigma_up
+
+def euler_ancestral_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
+                            sigma_max=80, rho=7):
+    """Ancestral Euler: an Euler step from sigma to sigma_down, then noise of std sigma_up. Stochastic:
+    every step draws one randn_like(x) (the last one, to sigma = 0, with std 0), so the output depends
+    on the noise source only. First order. NFE for N steps: N."""
+    t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
+    x = latents.to(torch.float64) * t_steps[0]
+    for sigma, sigma_next in zip(t_steps[:-1], t_steps[1:]):
+        sigma_down, sigma_up = ancestral_split(sigma, sigma_next)
+        x = euler_step(x, sigma, sigma_down, edm_slope(net, x, sigma, class_labels))
+        x = x + sigma_up * randn_like(x)
     return x
 
 #----------------------------------------------------------------------------
@@ -225,7 +282,8 @@ def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_lik
                      epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1, S_churn=0, S_min=0, S_max=float('inf'),
                      S_noise=1):
     """Sampler for the Table 1 ablations: Algorithm 1 with the churn of Algorithm 2 and a choice of
-    solver, time steps, sigma(t) and s(t). The defaults give the EDM sampler up to rounding."""
+    solver, time steps, sigma(t) and s(t). The defaults give the EDM sampler up to rounding.
+    NFE for N steps: 2 N - 1 with solver='heun', N with solver='euler'."""
     assert solver in ('euler', 'heun')
     assert discretization in ('vp', 've', 'iddpm', 'edm')
     assert schedule in ('vp', 've', 'linear')
