@@ -16,12 +16,19 @@ bit-exactness with the original for speed (see training/fast_path.py). They are 
 training_options.json as `fast_kwargs`, last, and only when at least one knob is on, so that a faithful
 run's options read exactly as the original's.
 
+Beyond the original, a run can be watched while it trains (training/monitor.py): `--grid=N` saves
+N x N sample grids of every snapshot, `--metrics=fid` appends the FID of every snapshot to
+metric-fid.jsonl, and `--tensorboard` writes TensorBoard curves and images. `--label-dropout` trains
+the unconditional branch that classifier-free guidance needs. Like the fast path, each of these is
+recorded in training_options.json only when given, and the run directory holds nothing more without them.
+
 Exit status: 0 when training has reached --duration; 143 (SIGTERM) or 130 (SIGINT) when a signal
 stopped it early with its state saved, so that a scheduler can requeue the job; 1 after an error,
 which ends the data-loading workers too, so the process never lingers.
 """
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -33,7 +40,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed as dist
-from training import fast_path, snapshot, stop_signal, training_loop
+from training import fast_path, fid_stats, inception, snapshot, stop_signal, training_loop
 
 warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides') # Harmless DDP warning of PyTorch 1.12.
 
@@ -154,6 +161,52 @@ def resolve_resume(path, load):
         raise click.ClickException(f'--resume: {err}')
     return dnnlib.EasyDict(state=path, snapshot=snapshot_pkl, kimg=kimg)
 
+def check_label_dropout(opts):
+    """Dropping labels is only meaningful when there are labels."""
+    if opts.label_dropout > 0 and not opts.cond:
+        raise click.ClickException('--label-dropout needs a class-conditional run (--cond=1)')
+
+def tensorboard_available():
+    """Whether torch.utils.tensorboard can be imported: it needs the tensorboard package."""
+    try:
+        importlib.import_module('torch.utils.tensorboard')
+    except ImportError:
+        return False
+    return True
+
+def monitor_options(opts, load):
+    """The options of training.monitor.RunMonitor, only those given (None if none is). With `load`,
+    the FID's reference statistics and detector are read once to prove that they can be used."""
+    monitor = dnnlib.EasyDict()
+    if opts.grid is not None:
+        monitor.grid = opts.grid
+    if opts.metrics == 'fid':
+        if opts.fid_ref is None:
+            raise click.ClickException('--metrics=fid needs the reference statistics: --fid-ref=NPZ')
+        monitor.update(metrics=['fid'], fid_ref=opts.fid_ref, fid_num=opts.fid_num)
+        if opts.fid_detector is not None:
+            monitor.fid_detector = opts.fid_detector
+    elif opts.fid_ref is not None or opts.fid_detector is not None:
+        raise click.ClickException('--fid-ref and --fid-detector are used only with --metrics=fid')
+    if opts.tensorboard:
+        if not tensorboard_available():
+            raise click.ClickException('--tensorboard needs the tensorboard package (pip install tensorboard)')
+        monitor.tensorboard = True
+    if load and 'metrics' in monitor:
+        check_fid_inputs(monitor)
+    return monitor or None
+
+def check_fid_inputs(monitor):
+    """Read the reference statistics and load the detector of --metrics=fid, or refuse them."""
+    try:
+        fid_stats.load_stats(monitor.fid_ref)
+    except (IOError, ValueError) as err:
+        raise click.ClickException(f'--fid-ref: {err}')
+    try:
+        inception.load_detector(monitor.get('fid_detector', inception.DETECTOR_URL))
+    except (IOError, ValueError) as err:
+        raise click.ClickException(f'--fid-detector: {err}')
+
 def uses_gpus(opts):
     """Whether names and summary speak of GPUs: in a GPU run, and in a dry run, which shows the
     options as a GPU run records them (the original's format) on whatever machine it runs."""
@@ -217,6 +270,9 @@ def gather_facts(opts):
     else:
         facts.resume = None
     facts.fast = speed_knobs(opts)
+    check_label_dropout(opts)
+    # Files are read on rank 0 only, and not in a dry run (the detector may be a download).
+    facts.monitor = monitor_options(opts, load=dist.get_rank() == 0 and not opts.dry_run)
     facts.run_dir = choose_run_dir(opts, facts.dataset.name, facts.fast)
     return facts
 
@@ -261,6 +317,8 @@ def build_config(opts, facts):
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2)
     c.network_kwargs = network_options(opts, facts.dataset.resolution)
     c.loss_kwargs = dnnlib.EasyDict(class_name=PRECONDITIONING[opts.precond]['loss'])
+    if opts.label_dropout > 0:
+        c.label_dropout = opts.label_dropout
     c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
     if opts.augment > 0:
         c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=opts.augment, **AUGMENTATIONS)
@@ -278,6 +336,8 @@ def build_config(opts, facts):
     elif facts.resume is not None:
         c.update(resume_pkl=facts.resume.snapshot, resume_kimg=facts.resume.kimg, resume_state_dump=facts.resume.state)
     c.run_dir = facts.run_dir
+    if facts.monitor is not None:
+        c.monitor_kwargs = facts.monitor
     if facts.fast.enabled:
         c.fast_kwargs = dnnlib.EasyDict(facts.fast.as_dict())
     return c
@@ -300,9 +360,22 @@ def print_summary(c, opts):
     ]
     if 'fast_kwargs' in c:
         rows.append(('Fast path', ', '.join(knob for knob, on in c.fast_kwargs.items() if on)))
+    if 'monitor_kwargs' in c:
+        rows.append(('Monitoring', monitoring_summary(c.monitor_kwargs)))
     lines = ['', 'Training options:', json.dumps(c, indent=2), '']
     lines += [f'{label + ":":<25}{value}' for label, value in rows]
     dist.print0('\n'.join(lines) + '\n')
+
+def monitoring_summary(monitor):
+    """E.g. 'grid 8x8, fid of 10000 images, tensorboard'."""
+    parts = []
+    if 'grid' in monitor:
+        parts.append(f'grid {monitor.grid}x{monitor.grid}')
+    if 'metrics' in monitor:
+        parts.append(f'fid of {monitor.fid_num} images')
+    if 'tensorboard' in monitor:
+        parts.append('tensorboard')
+    return ', '.join(parts)
 
 def create_run_dir(c):
     """Make the run directory, save the options in it, and from now on copy all output to its log.txt."""
@@ -321,13 +394,19 @@ def missing_folders(path):
         path = os.path.dirname(path)
     return missing
 
+def written_at_start(name):
+    """Whether a file of the run directory may exist before the first snapshot: the options, the
+    logs, the grid of training images, TensorBoard's event file and temporary files."""
+    return (name in ('training_options.json', 'log.txt', 'stats.jsonl', 'grid-data.png')
+            or name.startswith('events.out.tfevents.') or '.tmp-' in name)
+
 def undo_failed_start(created, logger):
     """A run that failed before it saved a snapshot or a training state leaves nothing behind:
     its options, log and temporary files go, and so do the folders it created (the error is on
     the console). A run directory that holds anything else is kept as it is."""
     run_dir = created[0]
     names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-    if any(name not in ('training_options.json', 'log.txt', 'stats.jsonl') and '.tmp-' not in name for name in names):
+    if not all(written_at_start(name) for name in names):
         return
     if logger is not None:
         logger.close()
@@ -414,6 +493,7 @@ def positive_ints(_ctx, _param, values):
 @click.option('--dropout',  metavar='FLOAT', default=0.13,  type=click.FloatRange(min=0, max=1), help='Dropout rate of the U-Net blocks')
 @click.option('--augment',  metavar='FLOAT', default=0.12,  type=click.FloatRange(min=0, max=1), help='Augmentation probability (0 = off)')
 @click.option('--xflip',    metavar='BOOL',  default=False, type=bool, help='Add mirrored copies of the dataset')
+@click.option('--label-dropout', metavar='FLOAT', default=0, type=click.FloatRange(min=0, max=1), help='Probability of training an image without its label (for guidance)')
 
 # Speed.
 @click.option('--fp16',     metavar='BOOL',  default=False, type=bool, help='Run the U-Net in float16')
@@ -438,6 +518,14 @@ def positive_ints(_ctx, _param, values):
 @click.option('--transfer', metavar='PKL|URL', type=str, help='Start from the weights of this network pickle')
 @click.option('--resume',   metavar='PT',    type=str, help='Continue from a training state, or the latest one in a run directory')
 @click.option('-n', '--dry-run', is_flag=True, help='Only print the training options')
+
+# Monitoring: at every snapshot, with the EMA network and the 18-step deterministic EDM sampler.
+@click.option('--grid',     metavar='N',     type=click.IntRange(min=1), help='NxN PNG of seeds 0..N*N-1 from the EMA network at every snapshot (18-step EDM sampler)  [default: off]')
+@click.option('--metrics',  metavar='none|fid', default='none', type=click.Choice(['none', 'fid']), help='Metric of every snapshot, in metric-<name>.jsonl')
+@click.option('--fid-ref',  metavar='NPZ|URL', type=str, help='Reference statistics for --metrics=fid')
+@click.option('--fid-num',  metavar='INT',   default=10000, type=click.IntRange(min=2), help='Images generated for --metrics=fid (seeds 0..INT-1, same sampler)')
+@click.option('--fid-detector', metavar='PKL|PT|URL', type=str, help="Inception detector for --metrics=fid  [default: NVIDIA's]")
+@click.option('--tensorboard', is_flag=True, help='TensorBoard curves and grids in the run directory')
 
 def main(**kwargs):
     """Train a diffusion model with the recipes of "Elucidating the Design Space of

@@ -12,7 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELP_COMMANDS = {
     'train-help.txt':        [['train.py', '--help']],
     'generate-help.txt':     [['generate.py', '--help']],
-    'fid-help.txt':          [['fid.py', '--help'], ['fid.py', 'calc', '--help'], ['fid.py', 'ref', '--help'], ['fid.py', 'sqa', '--help']],
+    'fid-help.txt':          [['fid.py', '--help'], ['fid.py', 'calc', '--help'], ['fid.py', 'ref', '--help'], ['fid.py', 'sqa', '--help'],
+                             ['fid.py', 'gen', '--help']],
     'dataset-tool-help.txt': [['dataset_tool.py', '--help']],
     'export-help.txt':       [['-m', 'training.export', '--help']],
 }

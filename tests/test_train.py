@@ -177,6 +177,12 @@ def test_help_lists_every_option():
     for option in ['--fast', '--bf16', '--channels-last', '--tf32', '--compile', '--fused']:
         assert option in res.stdout
 
+def test_help_lists_the_monitoring_options():
+    res = run_train(['--help'])
+    assert res.returncode == 0 and '18-step EDM sampler' in res.stdout
+    for option in ['--grid', '--metrics', '--fid-ref', '--fid-num', '--fid-detector', '--tensorboard', '--label-dropout']:
+        assert option in res.stdout
+
 def test_resume_from_run_dir_picks_latest_resumable_state(tiny_data, tmp_path):
     run_dir = tmp_path / 'old-run'
     run_dir.mkdir()

@@ -23,7 +23,7 @@ import torch
 import dnnlib
 from torch_utils import distributed as dist
 from training import fast_path, networks, snapshot, stop_signal, training_loop as tl
-from train_helpers import REPO, dry_run_options, make_image_folder, run_train, single_thread_env
+from train_helpers import REPO, dry_run_options, make_image_folder, run_train, single_thread_env, tiny_loop_kwargs
 
 TINY16 = ['--cbase=16', '--cres=1,2', '--batch=32', '--batch-gpu=16', '--duration=0.001', '--tick=1', '--snap=1', '--dump=1', '--seed=1']
 TINY8 = ['--cbase=8', '--cres=1', '--batch=32', '--tick=1', '--seed=1']
@@ -33,7 +33,7 @@ STAT_NAMES = ['Loss/loss', 'Progress/tick', 'Progress/kimg', 'Timing/total_sec',
     'Loss/nonfinite', 'timestamp']
 
 TICK_LINE = re.compile(r'tick (\d+) +kimg (\d+\.\d) +time (.+?) +sec/tick (\S+) +sec/kimg (\S+) +maintenance (\S+) +'
-    r'cpumem (\S+) +gpumem (\S+) +reserved (\S+) +nonfinite (\d+) *')
+    r'cpumem (\S+) +gpumem (\S+) +reserved (\S+) +nonfinite (\d+) +eta (\d+[dhms](?: \d+[dhms])*)')
 
 @pytest.fixture(scope='module')
 def data16(tmp_path_factory):
@@ -96,6 +96,23 @@ def test_log_txt(tiny_run):
     assert [t.group(1) for t in ticks] == ['0', '1'] and [t.group(2) for t in ticks] == ['0.0', '1.0']
     assert [t.group(10) for t in ticks] == ['0', '0']
     assert lines[-2:] == ['', 'Exiting...']
+
+def _seconds(duration):
+    """'1h 02m 03s' -> 3723."""
+    units = dict(d=86400, h=3600, m=60, s=1)
+    return sum(int(part[:-1]) * units[part[-1]] for part in duration.split())
+
+def test_tick_line_ends_with_the_time_left(tiny_run):
+    ticks = [TICK_LINE.fullmatch(line) for line in tiny_run.stdout.splitlines() if line.startswith('tick ')]
+    # Tick 0 took one step of 32 images; 1000 - 32 images are left at its average speed.
+    sec_per_tick = float(ticks[0].group(4))
+    assert abs(_seconds(ticks[0].group(11)) - sec_per_tick * 968 / 32) <= 0.05 * 968 / 32 + 0.5
+    assert ticks[-1].group(11) == '0s' # done
+
+def test_time_left():
+    assert tl.time_left(10, 1000, 3000) == 30
+    assert tl.time_left(10, 1000, -24) == 0 # the last step overshoots --duration
+    assert tl.time_left(0, 0, 0) == 0
 
 def test_stats_jsonl(tiny_run):
     stats = _read_stats(tiny_run.run_dir)
@@ -305,12 +322,7 @@ def test_sigkill_during_write(data8, tmp_path, target):
 @pytest.fixture(scope='module')
 def loop_kwargs(data8, one_thread):
     dist.init()
-    network_kwargs = dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', embedding_type='positional',
-        encoder_type='standard', decoder_type='standard', channel_mult_noise=1, resample_filter=[1,1], model_channels=8,
-        channel_mult=[1], dropout=0.13, use_fp16=False)
-    return dict(dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data8, use_labels=False, xflip=False, cache=True),
-        network_kwargs=network_kwargs, loss_kwargs=dict(class_name='training.loss.EDMLoss'),
-        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8), batch_size=8, seed=1)
+    return tiny_loop_kwargs(data8)
 
 def _params(module):
     return [p.detach().clone() for p in module.parameters()]

@@ -74,3 +74,13 @@ class SignalLoss:
         if self.calls == self.at_call:
             os.kill(os.getpid(), self.signum)
         return EDMLoss()(net=net, images=images, labels=labels, augment_pipe=augment_pipe)
+
+def tiny_loop_kwargs(data_path):
+    """training_loop() arguments of a tiny unconditional DDPM++ run (8 channels, one resolution) on
+    the image folder `data_path`, batch 8, seed 1, on the CPU."""
+    network_kwargs = dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', embedding_type='positional',
+        encoder_type='standard', decoder_type='standard', channel_mult_noise=1, resample_filter=[1, 1], model_channels=8,
+        channel_mult=[1], dropout=0.13, use_fp16=False)
+    return dict(dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data_path, use_labels=False, xflip=False, cache=True),
+        network_kwargs=network_kwargs, loss_kwargs=dict(class_name='training.loss.EDMLoss'), device='cpu',
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8), batch_size=8, seed=1)

@@ -11,7 +11,11 @@ Besides reproducing the original's numbers, files and schedule, the loop
   * never waits for the device between ticks: losses and counters are accumulated where they are
     computed and read once per tick;
   * has an opt-in fast path (`fast_kwargs`, see training/fast_path.py): bfloat16 autocast of the
-    network, channels_last, TF32, torch.compile and fused kernels.
+    network, channels_last, TF32, torch.compile and fused kernels;
+  * can drop class labels at random (`label_dropout`), for classifier-free guidance;
+  * can be watched while it trains (`monitor_kwargs`, see training/monitor.py): sample grids, FID
+    after every snapshot, TensorBoard;
+  * ends each progress line with the estimated time left, from the average speed so far.
 """
 
 import copy
@@ -25,7 +29,7 @@ import torch
 
 import dnnlib
 from torch_utils import distributed as dist, misc, training_stats
-from training import fast_path, snapshot, stop_signal
+from training import fast_path, monitor, snapshot, stop_signal
 
 #----------------------------------------------------------------------------
 # Schedules and the weight average.
@@ -36,14 +40,18 @@ def learning_rate(base_lr, cur_nimg, lr_rampup_kimg):
     warmup_fraction = cur_nimg / max(lr_rampup_kimg * 1000, 1e-8)
     return base_lr * min(warmup_fraction, 1)
 
-def ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio):
-    """Per-step decay of the EMA for a half-life measured in images (the paper's Appendix F): the
-    average forgets half of its past every `halflife` images. The ramp-up caps the half-life at
-    `ema_rampup_ratio` times the images seen so far, so that early averages quickly forget the
-    random initialisation; None turns the cap off."""
+def ema_halflife(cur_nimg, ema_halflife_kimg, ema_rampup_ratio):
+    """The half-life of the EMA in images. The ramp-up caps it at `ema_rampup_ratio` times the images
+    seen so far, so that early averages quickly forget the random initialisation; None: no cap."""
     halflife = ema_halflife_kimg * 1000
     if ema_rampup_ratio is not None:
         halflife = min(halflife, ema_rampup_ratio * cur_nimg)
+    return halflife
+
+def ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio):
+    """Per-step decay of the EMA for a half-life measured in images (the paper's Appendix F): the
+    average forgets half of its past every `halflife` images."""
+    halflife = ema_halflife(cur_nimg, ema_halflife_kimg, ema_rampup_ratio)
     return 0.5 ** (batch_size / max(halflife, 1e-8))
 
 @torch.no_grad()
@@ -56,6 +64,16 @@ def update_ema(ema, net, beta, fused=False):
         return
     for target, source in zip(averaged, current):
         target.copy_(source.lerp(target, beta))
+
+def drop_labels(labels, probability):
+    """Each image's label vector replaced by zeros with `probability`, so that the network also
+    learns the unconditional denoiser that classifier-free guidance (Ho & Salimans, 2022) contrasts
+    with the conditional one. At probability 0 the labels are returned as they are, without drawing
+    a random number."""
+    if probability == 0:
+        return labels
+    keep = torch.rand([len(labels)] + [1] * (labels.ndim - 1), device=labels.device) >= probability
+    return labels * keep
 
 @torch.no_grad()
 def sanitize_gradients(net):
@@ -148,12 +166,12 @@ def restore_training_state(path, net, optimizer):
 # One optimizer step.
 
 def train_step(ddp, optimizer, loss_fn, augment_pipe, batches, num_rounds, grad_scale, lr, device, nonfinite,
-        fp=fast_path.FastPath()):
+        fp=fast_path.FastPath(), label_dropout=0):
     """One Adam step on a global batch, whose gradients accumulate over `num_rounds` rounds per rank
     (DDP averages them over the ranks in the last round). The summed per-pixel loss is scaled by
     `grad_scale`; non-finite loss values are added to the counter `nonfinite`, on the device.
     Nothing here waits for the device. On the fast path `fp`, the network runs under its autocast
-    and gets its images in its memory format."""
+    and gets its images in its memory format. Labels are dropped with `label_dropout`."""
     denoiser = fast_path.autocast_calls(ddp, fp, device)
     optimizer.zero_grad(set_to_none=True)
     for round_idx in range(num_rounds):
@@ -161,7 +179,7 @@ def train_step(ddp, optimizer, loss_fn, augment_pipe, batches, num_rounds, grad_
             images, labels = next(batches)
             images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1 # uint8 -> [-1, 1]
             images = fast_path.to_memory_format(fp, images)
-            labels = labels.to(device, non_blocking=True)
+            labels = drop_labels(labels.to(device, non_blocking=True), label_dropout)
             loss = loss_fn(net=denoiser, images=images, labels=labels, augment_pipe=augment_pipe)
             training_stats.report('Loss/loss', loss)
             nonfinite.add_(loss.detach().isfinite().logical_not().sum())
@@ -182,9 +200,13 @@ class Tick:
     start_time: float
     maintenance_sec: float  # Time between the end of the previous tick and the start of this one.
 
-def tick_report(tick, cur_nimg, end_time, run_start_time, nonfinite, device):
+def time_left(elapsed_sec, images_done, images_left):
+    """Seconds until `images_left` more images are trained, at the average speed so far."""
+    return elapsed_sec / max(images_done, 1) * max(images_left, 0)
+
+def tick_report(tick, cur_nimg, end_time, run_start_time, nonfinite, device, eta_sec):
     """Report the tick's progress, timing and resources to training_stats (rank 0 only) and
-    return its progress line."""
+    return its progress line, which ends with the estimated time left `eta_sec` (not reported)."""
     tick_sec = end_time - tick.start_time
     on_cuda = device.type == 'cuda'
     fields = [ # (label, statistic, value, format)
@@ -204,6 +226,7 @@ def tick_report(tick, cur_nimg, end_time, run_start_time, nonfinite, device):
         training_stats.report0(name, value)
         shown = dnnlib.util.format_time(value) if name == 'Timing/total_sec' else value
         parts.append(f'{label} {shown:{fmt}}')
+    parts.append(f'eta {dnnlib.util.format_time(eta_sec)}')
     return ' '.join(parts)
 
 def snapshot_contents(ema, loss_fn, augment_pipe, dataset_kwargs):
@@ -226,15 +249,19 @@ def save_checkpoints(run_dir, tick, cur_nimg, last_tick, stopping, snapshot_tick
         net, ema, optimizer, loss_fn, augment_pipe, dataset_kwargs):
     """Network snapshot (tick 0, every `snapshot_ticks` ticks and at the end) and training state
     (every `state_dump_ticks` ticks and at the end; at tick 0 only when stopping on a signal).
-    Snapshots are built on all ranks; rank 0 writes the files."""
+    Snapshots are built on all ranks; rank 0 writes the files. Returns the file name of the
+    snapshot, on every rank, or None when none was due."""
     writer = dist.get_rank() == 0
     kimg_tag = f'{cur_nimg // 1000:06d}'
+    snapshot_name = None
     if falls_due(snapshot_ticks, tick.index, last_tick):
+        snapshot_name = f'network-snapshot-{kimg_tag}.pkl'
         contents = snapshot_contents(ema, loss_fn, augment_pipe, dataset_kwargs)
         if writer:
-            snapshot.save_snapshot(os.path.join(run_dir, f'network-snapshot-{kimg_tag}.pkl'), contents)
+            snapshot.save_snapshot(os.path.join(run_dir, snapshot_name), contents)
     if writer and falls_due(state_dump_ticks, tick.index, last_tick) and (tick.index > 0 or stopping):
         snapshot.save_training_state(os.path.join(run_dir, f'training-state-{kimg_tag}.pt'), net, optimizer)
+    return snapshot_name
 
 def append_tick_stats(run_dir, stats_fd):
     """Gather the tick's statistics from all ranks (a collective); rank 0 appends them with a
@@ -247,6 +274,14 @@ def append_tick_stats(run_dir, stats_fd):
         stats_fd = snapshot.open_stats_jsonl(os.path.join(run_dir, 'stats.jsonl'))
     snapshot.append_stats_line(stats_fd, dict(collector.as_dict(), timestamp=time.time()))
     return stats_fd
+
+def tick_scalars(cur_nimg, lr, halflife, beta):
+    """What TensorBoard plots per tick: the tick's statistics (gathered by append_tick_stats) and
+    the schedules of its last step."""
+    collector = training_stats.default_collector
+    return {'Loss/loss': collector.mean('Loss/loss'), 'Progress/kimg': cur_nimg / 1e3,
+            'Timing/sec_per_kimg': collector.mean('Timing/sec_per_kimg'), 'Schedule/learning_rate': lr,
+            'Schedule/ema_halflife_kimg': halflife / 1e3, 'Schedule/ema_beta': beta}
 
 #----------------------------------------------------------------------------
 
@@ -275,6 +310,8 @@ def training_loop(
     cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark (CUDA only).
     device              = None,     # None = this rank's device (cuda:LOCAL_RANK, or the CPU).
     fast_kwargs         = None,     # Knobs of training.fast_path.FastPath; None = the faithful path.
+    label_dropout       = 0,        # Probability that a training image's label is replaced by zeros.
+    monitor_kwargs      = None,     # Options of training.monitor.RunMonitor; None = no monitoring.
 ):
     """Train until `total_kimg`, then return None; or, stopped earlier by a signal on any rank,
     return that signal (a `signal.Signals`, the same on every rank)."""
@@ -303,6 +340,7 @@ def training_loop(
         load_pickle_weights(resume_pkl, net, ema)
     if resume_state_dump:
         restore_training_state(resume_state_dump, net, optimizer)
+    watcher = None if monitor_kwargs is None else monitor.RunMonitor(run_dir, device, fp, **monitor_kwargs)
 
     cur_nimg = resume_kimg * 1000
     dist.print0(f'Training for {total_kimg} kimg...')
@@ -313,13 +351,17 @@ def training_loop(
     nonfinite = torch.zeros([], dtype=torch.int64, device=device) # non-finite loss values this tick
     stats_fd = None
     stopped_by = None
+    train_start = dnnlib.EasyDict(time=now, nimg=cur_nimg) # for the estimated time left
     with stop_signal.StopSignal() as stop_request:
         try:
+            if watcher is not None:
+                watcher.start(dataset)
             while True:
                 lr = learning_rate(optimizer_kwargs['lr'], cur_nimg, lr_rampup_kimg)
                 train_step(ddp, optimizer, loss_fn, augment_pipe, batches, num_rounds,
-                    loss_scaling / batch_per_rank, lr, device, nonfinite, fp)
-                update_ema(ema, net, ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio), fused=fp.fused)
+                    loss_scaling / batch_per_rank, lr, device, nonfinite, fp, label_dropout)
+                beta = ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio)
+                update_ema(ema, net, beta, fused=fp.fused)
                 cur_nimg += batch_size
 
                 # A tick ends after the first step, then every `kimg_per_tick`, at the end and on a stop request.
@@ -332,7 +374,8 @@ def training_loop(
                 end_time = time.time()
                 if dist.get_world_size() > 1:
                     torch.distributed.all_reduce(nonfinite)
-                dist.print0(tick_report(tick, cur_nimg, end_time, run_start_time, int(nonfinite), device))
+                eta_sec = time_left(end_time - train_start.time, cur_nimg - train_start.nimg, total_kimg * 1000 - cur_nimg)
+                dist.print0(tick_report(tick, cur_nimg, end_time, run_start_time, int(nonfinite), device, eta_sec))
                 nonfinite.zero_()
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats(device)
@@ -342,9 +385,14 @@ def training_loop(
                     dist.print0()
                     dist.print0(f'Aborting after {stop_request.reason()}: saving a snapshot and the training state...')
 
-                save_checkpoints(run_dir, tick, cur_nimg, last_tick, stopping, snapshot_ticks, state_dump_ticks,
-                    net, ema, optimizer, loss_fn, augment_pipe, dataset_kwargs)
+                snapshot_name = save_checkpoints(run_dir, tick, cur_nimg, last_tick, stopping, snapshot_ticks,
+                    state_dump_ticks, net, ema, optimizer, loss_fn, augment_pipe, dataset_kwargs)
+                if watcher is not None and snapshot_name is not None and stopped_by is None: # A stop leaves at once.
+                    watcher.snapshot(ema, snapshot_name, cur_nimg)
                 stats_fd = append_tick_stats(run_dir, stats_fd)
+                if watcher is not None:
+                    halflife = ema_halflife(cur_nimg - batch_size, ema_halflife_kimg, ema_rampup_ratio)
+                    watcher.tick(cur_nimg, tick_scalars(cur_nimg, lr, halflife, beta))
                 dist.update_progress(cur_nimg // 1000, total_kimg)
                 if last_tick:
                     break
@@ -353,6 +401,8 @@ def training_loop(
         finally:
             if stats_fd is not None:
                 os.close(stats_fd)
+            if watcher is not None:
+                watcher.close()
 
     dist.print0()
     dist.print0('Exiting...')
