@@ -15,7 +15,7 @@ from training import fid_stats, inception, networks
 from training.generation import load_network
 
 from sampling_helpers import write_snapshot
-from test_fid import REPO, assert_rel, detector_pt, run_fid # pylint: disable=unused-import
+from test_fid import REPO, assert_rel, run_fid
 
 STEPS = '--steps=3'
 
