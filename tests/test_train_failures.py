@@ -76,10 +76,13 @@ def _assert_one_error_line(stderr, *words):
 def test_mixed_image_sizes_end_the_run_with_one_line(tmp_path):
     """The mismatch is found by the data-loading worker at the first batch (checking every image
     at start-up would cost minutes on large datasets); train.py ends at once and, since the run
-    saved nothing yet, removes the run directory and the --outdir it created."""
+    saved nothing yet, removes the run directory and the --outdir it created. --seed=0 makes the
+    first batch (images 6, 2, 1, 7) hold the odd image: with a first batch without it, tick 0 would
+    save a snapshot before the error, and the run would rightly be kept."""
     data = _mixed_size_zip(tmp_path / 'mixed.zip')
     outdir = tmp_path / 'runs' / 'nested'
-    run = TrainProcess([f'--outdir={outdir}', f'--data={data}', '--cbase=8', '--cres=1', '--batch=4', '--duration=0.001'], tmp_path)
+    run = TrainProcess([f'--outdir={outdir}', f'--data={data}', '--cbase=8', '--cres=1', '--batch=4', '--duration=0.001',
+        '--seed=0'], tmp_path)
     assert run.wait_for_error_then_exit() == 1
     _assert_one_error_line(run.stderr(), '--data: ', 'mixed.zip', 'img00000002.png', 'same shape')
     assert sorted(os.listdir(tmp_path)) == ['mixed.zip', 'stderr.txt', 'stdout.txt']
