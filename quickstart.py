@@ -20,6 +20,7 @@ import time
 import click
 import numpy as np
 import PIL.Image
+import torch
 
 import dnnlib
 from training import inception
@@ -30,6 +31,10 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 TRAIN_OPTIONS = ['--cond=0', '--arch=ddpmpp', '--precond=edm', '--cbase=16', '--cres=1,2,2', '--batch=64',
                  '--lr=1e-3', '--lr-rampup=0.01', '--ema=0.05', '--dropout=0', '--augment=0', '--duration=1000',
                  '--tick=2', '--snap=5', '--dump=5', '--seed=0', '--workers=1', '--nosubdir']
+
+# The sampler: ancestral Euler with 35 steps (35 network evaluations, as many as the 18-step Heun
+# sampler), which scores a markedly lower FID on this briefly trained network (see the README).
+SAMPLE_OPTIONS = ['--solver=euler_a', '--steps=35', '--batch=64']
 
 #----------------------------------------------------------------------------
 
@@ -79,6 +84,26 @@ def int_ranges(values):
     return ','.join(f'{a}-{b}' for a, b in pieces)
 
 #----------------------------------------------------------------------------
+# The fast path: train.py --fast gives up bit-exactness with the original for speed, so the
+# quickstart takes it only where it pays: bench/bench_train.py times a few training steps of this
+# network with and without it on this machine, and --fast must be FAST_MARGIN times as fast.
+
+FAST_MARGIN = 1.05
+
+def time_fast_path(speed_json):
+    run_tool(['bench/bench_train.py', '--nets=quickstart', '--no-alone', '--warmup=1', '--reps=2',
+              f'--threads={torch.get_num_threads()}', f'--json={speed_json}'])
+
+def fast_path_speedup(speed_json):
+    """Training speed of --fast over the faithful path, as measured by time_fast_path."""
+    variants = json.load(open(speed_json))['networks']['quickstart']['variants']
+    return variants['--fast']['img_per_s'] / variants['faithful']['img_per_s']
+
+def wants_fast_path(fast, speedup):
+    """--fast=1 or 0 decides; auto takes the fast path when it measured FAST_MARGIN times as fast."""
+    return fast == '1' or (fast == 'auto' and speedup >= FAST_MARGIN)
+
+#----------------------------------------------------------------------------
 # Training for a time budget: train.py is stopped with SIGTERM (its pre-emption path writes a
 # snapshot and a training state at the current step, then exits with status 143, 128 + SIGTERM);
 # a rerun resumes from the run directory.
@@ -115,14 +140,15 @@ def stop_training_after(proc, run_dir, deadline):
             proc.wait()
         time.sleep(1)
 
-def train_for(run_dir, dataset_zip, minutes):
+def train_for(run_dir, dataset_zip, minutes, fast):
     remaining = minutes * 60 - training_seconds(stats_lines(run_dir))
     has_state = os.path.isdir(run_dir) and any(name.startswith('training-state-') for name in os.listdir(run_dir))
+    options = TRAIN_OPTIONS + (['--fast'] if fast else [])
     if has_state:
-        cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}', f'--resume={run_dir}'] + TRAIN_OPTIONS
+        cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}', f'--resume={run_dir}'] + options
     else:
         shutil.rmtree(run_dir, ignore_errors=True) # A start killed before its first state: begin again.
-        cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}'] + TRAIN_OPTIONS
+        cmd = ['train.py', f'--outdir={run_dir}', f'--data={dataset_zip}'] + options
     if remaining > 0:
         print(f'    training for {remaining / 60:.1f} more minutes')
         print('    $ python ' + ' '.join(cmd), flush=True)
@@ -138,7 +164,7 @@ def train_for(run_dir, dataset_zip, minutes):
     kimg = stats[-1]['Progress/kimg']['mean']
     snapshots = sorted(name for name in os.listdir(run_dir) if re.fullmatch(r'network-snapshot-\d+\.pkl', name))
     result = dict(kimg=kimg, seconds=training_seconds(stats), sec_per_kimg=training_seconds(stats) / kimg,
-                  snapshot=os.path.join(run_dir, snapshots[-1]))
+                  snapshot=os.path.join(run_dir, snapshots[-1]), fast=fast)
     write_text(os.path.join(run_dir, 'quickstart-done.json'), json.dumps(result, indent=2))
 
 #----------------------------------------------------------------------------
@@ -179,7 +205,8 @@ def save_loss_plot(run_dir, path):
 @click.option('--minutes', help='Training time budget', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=15, show_default=True)
 @click.option('--samples', help='Images to generate and score', metavar='INT', type=click.IntRange(min=64), default=1000, show_default=True)
 @click.option('--ref-images', help='Training images for the FID reference statistics', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
-def main(outdir, data_dir, minutes, samples, ref_images):
+@click.option('--fast', help='Train with train.py --fast: auto = when it measures faster here', type=click.Choice(['auto', '1', '0']), default='auto', show_default=True)
+def main(outdir, data_dir, minutes, samples, ref_images, fast):
     """Fashion-MNIST end to end: dataset_tool.py, fid.py ref, train.py, generate.py, fid.py calc."""
     source = os.path.join(data_dir, 'train-images-idx3-ubyte.gz')
     if not os.path.isfile(source):
@@ -204,15 +231,22 @@ def main(outdir, data_dir, minutes, samples, ref_images):
         ['dataset_tool.py', f'--source={source}', f'--dest={ref_zip}', f'--max-images={ref_images}']))
     stages.run('Compute FID reference statistics', ref_npz, lambda: run_tool(
         ['fid.py', 'ref', f'--data={ref_zip}', f'--dest={ref_npz}', f'--detector={detector}']))
+    speedup = None
+    if fast == 'auto':
+        speed_json = os.path.join(outdir, 'fast-path-speed.json')
+        stages.run('Time training with and without --fast', speed_json, lambda: time_fast_path(speed_json))
+        speedup = fast_path_speedup(speed_json)
+    use_fast = wants_fast_path(fast, speedup)
     stages.run(f'Train for {minutes:g} minutes', os.path.join(run_dir, 'quickstart-done.json'), lambda: train_for(
-        run_dir, dataset_zip, minutes))
+        run_dir, dataset_zip, minutes, use_fast))
     trained = json.load(open(os.path.join(run_dir, 'quickstart-done.json')))
 
     def generate():
         missing = [seed for seed in range(samples) if not os.path.exists(os.path.join(sample_dir, f'{seed:06d}.png'))]
-        run_tool(['generate.py', f'--network={trained["snapshot"]}', f'--outdir={sample_dir}', f'--seeds={int_ranges(missing)}', '--steps=18', '--batch=64'])
+        run_tool(['generate.py', f'--network={trained["snapshot"]}', f'--outdir={sample_dir}', f'--seeds={int_ranges(missing)}']
+                 + SAMPLE_OPTIONS + (['--fast'] if trained.get('fast') else []))
         write_text(os.path.join(sample_dir, 'done.json'), json.dumps(dict(samples=samples, network=trained['snapshot'])))
-    stages.run(f'Generate {samples} images (18 steps)', os.path.join(sample_dir, 'done.json'), generate)
+    stages.run(f'Generate {samples} images (ancestral Euler, 35 steps)', os.path.join(sample_dir, 'done.json'), generate)
 
     def score():
         stdout = run_tool(['fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}'], capture_stdout=True)
@@ -226,6 +260,7 @@ def main(outdir, data_dir, minutes, samples, ref_images):
         'Quickstart summary',
         f'  trained     {trained["kimg"]:.1f} kimg in {dnnlib.util.format_time(trained["seconds"])} ({trained["sec_per_kimg"]:.1f} sec/kimg)',
         f'  network     {trained["snapshot"]}',
+        f'  fast path   {"on" if trained.get("fast") else "off"}' + (f' (measured {speedup:.2f}x the faithful speed)' if speedup else ''),
         f'  FID         {fid["fid"]:g} ({fid["num_images"]} generated images vs. {fid["ref_images"]} training images)',
         f'  samples     {sample_dir}/',
         f'  grid        {os.path.join(outdir, "grid.png")}',

@@ -9,14 +9,15 @@ own copy of the same initial network on the same synthetic batches with the trai
 processes hits all of them alike; the first rounds are warm-up and not timed, and the first step of a
 compiled variant, which compiles, is reported on its own.
 
-    python bench/bench_train.py [--nets=cifar10,quickstart] [--reps=N] [--threads=2] [--no-alone] [--compile] [--batch=N]
+    python bench/bench_train.py [--nets=cifar10,quickstart] [--reps=N] [--threads=2] [--no-alone] [--compile] [--batch=N] [--json=PATH]
 
 Prints, per network and variant, images per second (median over the timed steps, wall clock, and per
-CPU second of this process, the steadier number on a shared machine) and the ratio to the faithful path.
+CPU second of this process, the steadier number on a shared machine) and the ratio to the faithful path;
+--json also writes them to a file (quickstart.py reads it to decide whether to train with --fast).
 """
 
 import copy
-import itertools
+import json
 import os
 import statistics
 import sys
@@ -46,7 +47,7 @@ def training_config(name, batch, device):
     batch = batch or batches[device.type == 'cuda']
     args = ['--outdir=unused', '--data=unused'] + [arg for arg in options if not arg.startswith('--batch')] + [f'--batch={batch}']
     opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
-    facts = dnnlib.EasyDict(dataset=dnnlib.EasyDict(name=name, resolution=32, size=None), seed=0, resume=None, run_dir=None,
+    facts = dnnlib.EasyDict(dataset=dnnlib.EasyDict(name=name, resolution=32, size=None), seed=0, resume=None, run_dir=None, monitor=None,
                             fast=fast_path.FastPath())
     c = train.build_config(opts, facts)
     c.label_dim = 10 if opts.cond else 0
@@ -128,6 +129,8 @@ def bench_network(name, batch, reps, warmup, knobs_alone, with_compile, device):
         print(f'  round {round_idx + 1}/{warmup + reps}: ' + ', '.join(f'{v.name} {wall_time(v):.2f}s' for v in variants), flush=True)
     report(variants, c.batch_size)
     networks.use_fast_attention(False)
+    return dict(batch=c.batch_size, variants={v.name: dict(knobs=v.fp.as_dict(), img_per_s=c.batch_size / statistics.median(v.seconds),
+                                                          img_per_cpu_s=c.batch_size / statistics.median(v.cpu_seconds)) for v in variants})
 
 def wall_time(variant):
     return variant.seconds[-1] if variant.seconds else variant.first_step
@@ -151,7 +154,8 @@ def report(variants, batch):
 @click.option('--threads', type=int, default=2, show_default=True, help='torch intra-op threads on the CPU')
 @click.option('--alone/--no-alone', 'knobs_alone', default=True, show_default=True, help='Also time each knob of --fast alone')
 @click.option('--compile', 'with_compile', is_flag=True, help='Also time --fast with torch.compile (slow to compile on a CPU)')
-def main(nets, reps, warmup, batch, threads, knobs_alone, with_compile):
+@click.option('--json', 'json_path', metavar='PATH', default=None, help='Also write the rates, per network and variant, to this JSON file')
+def main(nets, reps, warmup, batch, threads, knobs_alone, with_compile, json_path):
     torch.set_num_threads(threads)
     dist.init()
     device = dist.get_device()
@@ -159,10 +163,16 @@ def main(nets, reps, warmup, batch, threads, knobs_alone, with_compile):
     print(f'torch {torch.__version__}, device {torch.cuda.get_device_name(device) if on_gpu else "cpu"}, '
           f'{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, '
           f'native bf16: {fast_path.native_bf16(device)}; --fast = {fast_path.fastest_for(device)}')
+    results = {}
     for name in nets.split(','):
         default_reps = 20 if on_gpu else 2 if name == 'cifar10' else 3
-        bench_network(name, batch, reps or default_reps, warmup if warmup is not None else 3 if on_gpu else 1,
-                      knobs_alone, with_compile, device)
+        results[name] = bench_network(name, batch, reps or default_reps, warmup if warmup is not None else 3 if on_gpu else 1,
+                                      knobs_alone, with_compile, device)
+    if json_path:
+        record = dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(), networks=results)
+        with dnnlib.util.atomic_write(json_path) as temp_path:
+            with open(temp_path, 'w', encoding='utf-8') as f:
+                json.dump(record, f, indent=2)
 
 if __name__ == '__main__':
     main() # pylint: disable=no-value-for-parameter

