@@ -32,9 +32,9 @@ TRAIN_OPTIONS = ['--cond=0', '--arch=ddpmpp', '--precond=edm', '--cbase=16', '--
                  '--lr=1e-3', '--lr-rampup=0.01', '--ema=0.05', '--dropout=0', '--augment=0', '--duration=1000',
                  '--tick=2', '--snap=5', '--dump=5', '--seed=0', '--workers=1', '--nosubdir']
 
-# The sampler: ancestral Euler with 35 steps (35 network evaluations, as many as the 18-step Heun
-# sampler), which scores a markedly lower FID on this briefly trained network (see the README).
-SAMPLE_OPTIONS = ['--solver=euler_a', '--steps=35', '--batch=64']
+# The sampler: ancestral Euler with 79 steps (79 network evaluations), which scores a markedly lower
+# FID on this briefly trained network than the 18-step Heun sampler (35 evaluations; see the README).
+SAMPLE_OPTIONS = ['--solver=euler_a', '--steps=79', '--batch=64']
 
 #----------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ def main(outdir, data_dir, minutes, samples, ref_images, fast):
         run_tool(['generate.py', f'--network={trained["snapshot"]}', f'--outdir={sample_dir}', f'--seeds={int_ranges(missing)}']
                  + SAMPLE_OPTIONS + (['--fast'] if trained.get('fast') else []))
         write_text(os.path.join(sample_dir, 'done.json'), json.dumps(dict(samples=samples, network=trained['snapshot'])))
-    stages.run(f'Generate {samples} images (ancestral Euler, 35 steps)', os.path.join(sample_dir, 'done.json'), generate)
+    stages.run(f'Generate {samples} images (ancestral Euler, 79 steps)', os.path.join(sample_dir, 'done.json'), generate)
 
     def score():
         stdout = run_tool(['fid.py', 'calc', f'--images={sample_dir}', f'--ref={ref_npz}', f'--num={samples}', f'--detector={detector}'], capture_stdout=True)
