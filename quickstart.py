@@ -96,8 +96,11 @@ def time_fast_path(speed_json):
 
 def fast_path_speedup(speed_json):
     """Training speed of --fast over the faithful path, as measured by time_fast_path."""
-    variants = json.load(open(speed_json))['networks']['quickstart']['variants']
-    return variants['--fast']['img_per_s'] / variants['faithful']['img_per_s']
+    try:
+        variants = json.load(open(speed_json))['networks']['quickstart']['variants']
+        return variants['--fast']['img_per_s'] / variants['faithful']['img_per_s']
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        raise click.ClickException(f'{speed_json} is not a timing written by bench/bench_train.py --json; delete it to time again') from None
 
 def wants_fast_path(fast, speedup):
     """--fast=1 or 0 decides; auto takes the fast path when it measured FAST_MARGIN times as fast."""

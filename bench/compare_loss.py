@@ -11,24 +11,19 @@ two losses at every tick of A; the mean log ratio B/A over the ticks after --aft
 standard error; and, for scale, how much the loss moves from one tick to the next within each run.
 """
 
-import json
 import math
 import os
 import statistics
+import sys
 
 import click
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import quickstart # pylint: disable=wrong-import-position
+
 def loss_by_kimg(run_dir):
-    """{kimg: mean loss} of the ticks of a run."""
-    ticks = []
-    with open(os.path.join(run_dir, 'stats.jsonl'), encoding='utf-8') as f:
-        for line in f:
-            if not line.endswith('\n'): # A line torn by a kill.
-                continue
-            tick = json.loads(line)
-            while ticks and ticks[-1]['Progress/kimg']['mean'] >= tick['Progress/kimg']['mean']:
-                ticks.pop()
-            ticks.append(tick)
+    """{kimg: mean loss} of the ticks of a run (quickstart.loss_history: resumes handled, torn lines skipped)."""
+    ticks = quickstart.loss_history(run_dir)
     kimg = [tick['Progress/kimg']['mean'] for tick in ticks]
     return {k: tick['Loss/loss']['mean'] for k, previous, tick in zip(kimg[1:], kimg, ticks[1:])
             if k - previous >= 1.5 and 'Loss/loss' in tick}

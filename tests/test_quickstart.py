@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 
+import click
 import numpy as np
 import PIL.Image
 import pytest
@@ -103,3 +104,6 @@ def test_fast_path_timing_decides_the_training_options(repo, tmp_path, monkeypat
         speedup = quickstart.fast_path_speedup(str(speed_json))
         assert quickstart.wants_fast_path('auto', speedup) == expected, ratio
         assert quickstart.wants_fast_path('1', speedup) and not quickstart.wants_fast_path('0', speedup)
+    speed_json.write_text('{"networks": {}}')
+    with pytest.raises(click.ClickException, match='speed.json is not a timing'):
+        quickstart.fast_path_speedup(str(speed_json))
