@@ -39,8 +39,12 @@ data: $(FMNIST)
 $(FMNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
+# Two worker processes share the cores (tests/conftest.py splits the threads); each test file runs
+# in one worker, so its module fixtures are made once.
+TEST_JOBS ?= 2
+
 test: venv data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist=loadfile tests
 
 $(OLDEST_VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(OLDEST_VENV)

@@ -5,9 +5,19 @@ import os
 import pathlib
 import sys
 
+# Parallel workers (`make test` runs pytest-xdist's -n 2) share the cores between them, so that
+# OpenMP and OpenBLAS threads do not spin against each other. OpenBLAS reads this when numpy loads.
+WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 1))
+THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    os.environ.setdefault('OPENBLAS_NUM_THREADS', str(THREADS_PER_WORKER))
+
 import numpy as np
 import pytest
 import torch
+
+if WORKERS > 1:
+    torch.set_num_threads(THREADS_PER_WORKER)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = REPO / 'tests' / 'golden'

@@ -36,7 +36,7 @@ def test_quickstart_runs_and_reruns_from_cache(repo, tmp_path):
     data.mkdir()
     write_idx(data)
     out = tmp_path / 'out'
-    first = run_quickstart(repo, out, data, '--fast=1') # The timing that --fast=auto runs is tested below.
+    first = run_quickstart(repo, out, data, '--fast=1', '--steps=6') # The timing that --fast=auto runs is tested below.
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert 'Quickstart summary' in first.stdout and '  fast path   on\n' in first.stdout
     assert 'fast_kwargs' in json.loads((out / 'train/training_options.json').read_text())
@@ -48,7 +48,7 @@ def test_quickstart_runs_and_reruns_from_cache(repo, tmp_path):
     trained = json.loads((out / 'train/quickstart-done.json').read_text())
     assert trained['kimg'] > 0 and os.path.exists(trained['snapshot'])
 
-    second = run_quickstart(repo, out, data, '--fast=1')
+    second = run_quickstart(repo, out, data, '--fast=1', '--steps=6')
     assert second.returncode == 0, second.stderr[-3000:]
     stages = [line for line in second.stdout.splitlines() if line.startswith('==> ')]
     assert len(stages) == 8 and all('done already' in line for line in stages)
