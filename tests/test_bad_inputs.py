@@ -302,8 +302,10 @@ def no_code_execution(monkeypatch):
 
 @pytest.mark.parametrize('tool, args, words', CASES)
 def test_mistake_gives_one_line_and_changes_nothing(tool, args, words, inputs, tmp_path, monkeypatch):
+    # Hard links: the copy costs no disk, and a tool that changed an input in place would still show
+    # in the tree (size and mtime belong to the shared inode) and fail this case.
     work = tmp_path / 'in'
-    shutil.copytree(inputs, work, symlinks=True)
+    shutil.copytree(inputs, work, symlinks=True, copy_function=os.link)
     (work / 'garbage.zip').write_bytes((work / 'garbage.bin').read_bytes())
     out = tmp_path / 'out'
     monkeypatch.chdir(tmp_path)
