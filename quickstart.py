@@ -70,6 +70,21 @@ class Stages:
             self.timings[name] = self.timings.get(name, 0) + time.time() - start
             write_text(self.timings_path, json.dumps(self.timings, indent=2))
 
+def keep_options(outdir, options):
+    """Record the options of the run in outdir, or check that a rerun gives the same: the stages
+    made already are skipped, so other options would silently not take effect."""
+    path = os.path.join(outdir, 'quickstart-options.json')
+    if not os.path.exists(path):
+        write_text(path, json.dumps(options, indent=2))
+        return
+    try:
+        before = json.load(open(path))
+        changed = [f'--{name.replace("_", "-")}={before[name]} (now {value})' for name, value in options.items() if before[name] != value]
+    except (ValueError, KeyError, TypeError):
+        raise click.ClickException(f'{path} is not the options file of a quickstart run; delete it to go on') from None
+    if changed:
+        raise click.ClickException(f'--outdir: {outdir} holds a run made with {", ".join(changed)}; give another --outdir, or delete it to start over')
+
 def write_text(path, text):
     with dnnlib.util.atomic_write(path) as temp_path:
         with open(temp_path, 'w') as f:
@@ -222,6 +237,7 @@ def main(outdir, data_dir, minutes, samples, ref_images, steps, fast):
         os.makedirs(outdir, exist_ok=True)
     except OSError as err:
         raise click.ClickException(f'--outdir: cannot create the folder {outdir} ({err.strerror})') from None
+    keep_options(outdir, dict(minutes=minutes, samples=samples, ref_images=ref_images, steps=steps, fast=fast))
     dataset_zip = os.path.join(outdir, 'fashion-mnist-32x32.zip')
     ref_zip = os.path.join(outdir, f'fashion-mnist-first{ref_images}-32x32.zip')
     ref_npz = os.path.join(outdir, 'fid-ref.npz')

@@ -121,6 +121,12 @@ def build_inputs(root):
         info.size = 4
         tar.addfile(info, io.BytesIO(b'none'))
 
+    # Quickstart output folders: one made with other options, one with a broken options file.
+    (root / 'qs_out').mkdir()
+    (root / 'qs_out' / 'quickstart-options.json').write_text(json.dumps(dict(minutes=15.0, samples=1000, ref_images=1000, steps=79, fast='auto')))
+    (root / 'qs_broken').mkdir()
+    (root / 'qs_broken' / 'quickstart-options.json').write_text('{"minutes": 15')
+
     # Reference statistics.
     rnd = np.random.RandomState(0)
     feats = rnd.randn(50, 2048)
@@ -286,6 +292,8 @@ QUICKSTART = [
     ('qs-outdir-a-file',         ['--outdir={in}/a_file.txt', '--data={in}/idx'],                     ['--outdir']),
     ('qs-minutes-zero',          ['--outdir={out}', '--data={in}/idx', '--minutes=0'],                ['--minutes']),
     ('qs-samples-too-few',       ['--outdir={out}', '--data={in}/idx', '--samples=3'],                ['--samples']),
+    ('qs-outdir-other-options',  ['--outdir={in}/qs_out', '--data={in}/idx', '--steps=6'],           ['--outdir', '--steps=79 (now 6)']),
+    ('qs-outdir-broken-options', ['--outdir={in}/qs_broken', '--data={in}/idx'],                     ['quickstart-options.json']),
 ]
 
 TOOLS = {'dataset_tool': (dataset_tool.main, DATASET_TOOL), 'generate': (generate.main, GENERATE),

@@ -40,6 +40,7 @@ def test_quickstart_runs_and_reruns_from_cache(repo, tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert 'Quickstart summary' in first.stdout and '  fast path   on\n' in first.stdout
     assert 'fast_kwargs' in json.loads((out / 'train/training_options.json').read_text())
+    assert json.loads((out / 'quickstart-options.json').read_text())['steps'] == 6
     for name in ['fashion-mnist-32x32.zip', 'fid-ref.npz', 'train/quickstart-done.json', 'samples/000063.png', 'summary.txt', 'loss.png']:
         assert (out / name).exists(), name
     assert PIL.Image.open(out / 'grid.png').size == (512, 512)
